@@ -1,0 +1,1 @@
+"""Measuring dilated networks: receptive field, coverage, cost, effective receptive field."""

@@ -1,0 +1,5 @@
+"""`atrous rf`, `atrous design`, `atrous show` (placeholder)."""
+
+
+def register(sub):
+    pass

@@ -1,0 +1,5 @@
+"""`atrous compare` (placeholder)."""
+
+
+def register(sub):
+    pass

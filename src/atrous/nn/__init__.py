@@ -1,0 +1,1 @@
+"""PyTorch layers for dilated convolution (extra: torch)."""
