@@ -42,6 +42,8 @@ __all__ = [
     "conv_output_shape",
     "transpose_output_size",
     "rf_step",
+    "tap_offsets",
+    "transpose_tap_offsets",
 ]
 
 PADDING_MODES = ("valid", "same", "causal", "full")
@@ -230,3 +232,35 @@ def rf_step(size: float, jump: float, start: float, kernel: int, stride: int = 1
     """
     span = dilation * (kernel - 1)
     return size + span * jump, jump * stride, start + (span / 2 - pad_lo) * jump
+
+
+def tap_offsets(kernel: int, dilation: int = 1, pad_lo: int = 0) -> tuple[int, ...]:
+    """Input positions read by output 0 of a convolution (output ``o`` reads these ``+ o*stride``).
+
+    Tap ``t`` of output ``o`` reads input ``o*stride - pad_lo + t*dilation``.
+
+    >>> tap_offsets(3, dilation=2, pad_lo=2)
+    (-2, 0, 2)
+    """
+    return tuple(t * dilation - pad_lo for t in range(kernel))
+
+
+def transpose_tap_offsets(kernel: int, stride: int = 1, dilation: int = 1, padding: int = 0
+                          ) -> tuple[tuple[int, ...], ...]:
+    """Input positions feeding each output phase of a transposed convolution.
+
+    Input ``i`` scatters to outputs ``i*stride - padding + t*dilation``; so output ``o`` (phase
+    ``o % stride``) receives input ``(o + padding - t*dilation) / stride`` for the taps ``t`` that
+    divide evenly. Entry ``phi`` lists them for output ``phi``; output ``phi + m*stride`` gets the same
+    inputs ``+ m``. An empty entry is a phase that receives no input at all.
+
+    >>> transpose_tap_offsets(4, stride=2, dilation=2, padding=1)   # even outputs get nothing
+    ((), (1, 0, -1, -2))
+    >>> transpose_tap_offsets(3, stride=2, padding=1)
+    ((0,), (1, 0))
+    """
+    phases = []
+    for phi in range(stride):
+        phases.append(tuple((phi + padding - t * dilation) // stride for t in range(kernel)
+                            if (phi + padding - t * dilation) % stride == 0))
+    return tuple(phases)
