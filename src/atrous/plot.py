@@ -19,3 +19,106 @@ def _plt():
 
 
 # --- compare figures (accuracy vs params/MACs, field pictures, learning curves) ---
+# Each takes the summary rows of atrous.compare.report.summarize (built from results.jsonl) and
+# writes one PNG atomically (temporary file + os.replace): never a half-written figure.
+
+def _save_atomic(fig, path):
+    import os
+    import tempfile
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path), suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        _plt().close(fig)
+
+
+def compare_accuracy(rows, path):
+    """Test metric (mean ± std over seeds) vs parameters and vs MACs, one point per strategy.
+
+    >>> import tempfile, os
+    >>> rows = [{"strategy": "plain", "mean": .9, "std": .01, "params": 100, "macs": 1000,
+    ...          "metric_name": "accuracy"}]
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.png"); compare_accuracy(rows, p); os.path.getsize(p) > 0
+    True
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    metric = rows[0]["metric_name"] if rows else "accuracy"
+    for ax, key, label in ((axes[0], "params", "parameters"), (axes[1], "macs", "MACs per sample")):
+        for r in rows:
+            ax.errorbar(r[key], 100 * r["mean"], yerr=100 * r["std"], fmt="o", capsize=4,
+                        label=r["strategy"])
+            ax.annotate(r["strategy"], (r[key], 100 * r["mean"]), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"test {metric} (%)")
+    axes[1].legend(fontsize=8, loc="best")
+    fig.suptitle(f"test {metric} vs cost (mean ± std over seeds)")
+    _save_atomic(fig, path)
+
+
+def compare_fields(rows, path):
+    """Per strategy, the number of paths from each input offset to one output (log scale) over
+    the receptive field: zero-height gaps inside the extent are holes.
+
+    >>> import tempfile, os
+    >>> rows = [{"strategy": "gridded", "path_counts": [1, 0, 2, 0, 1], "coverage": .6,
+    ...          "field": [5]}]
+    >>> p = os.path.join(tempfile.mkdtemp(), "f.png"); compare_fields(rows, p); os.path.getsize(p) > 0
+    True
+    """
+    import numpy as np
+    plt = _plt()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.3 * len(rows) + 0.6), squeeze=False)
+    for ax, r in zip(axes[:, 0], rows):
+        pc = np.asarray(r["path_counts"], dtype=np.float64)
+        while pc.ndim > 1:                       # N-D: the slice through the centre of the others
+            pc = pc[pc.shape[0] // 2] if pc.ndim > 1 else pc
+        off = np.arange(len(pc)) - (len(pc) - 1) / 2
+        ax.bar(off, np.where(pc > 0, np.log10(np.maximum(pc, 1)) + 0.1, 0), width=1.0,
+               color=np.where(pc > 0, "tab:blue", "tab:red"))
+        holes = off[pc == 0]
+        ax.plot(holes, np.zeros_like(holes), "|", color="tab:red", ms=10)
+        ax.set_ylabel(r["strategy"], rotation=0, ha="right", va="center")
+        ax.set_yticks([])
+        ax.text(1.0, 0.5, f"field {r['field'][0]}, coverage {100 * r['coverage']:.0f}%",
+                transform=ax.transAxes, ha="left", va="center", fontsize=8)
+    axes[-1, 0].set_xlabel("input offset from the output's centre (samples); bar height: "
+                           "log10 path count, red: hole")
+    fig.suptitle("receptive field and coverage per strategy")
+    _save_atomic(fig, path)
+
+
+def compare_curves(rows, path):
+    """Learning curves: test metric per epoch per strategy, mean over seeds with a min-max band.
+
+    >>> import tempfile, os
+    >>> rows = [{"strategy": "plain", "curves": [[.5, .7], [.6, .8]], "metric_name": "accuracy"}]
+    >>> p = os.path.join(tempfile.mkdtemp(), "c.png"); compare_curves(rows, p); os.path.getsize(p) > 0
+    True
+    """
+    import numpy as np
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        c = np.asarray(r["curves"], dtype=np.float64) * 100      # (seeds, epochs)
+        ep = np.arange(1, c.shape[1] + 1)
+        line, = ax.plot(ep, c.mean(0), marker=".", label=r["strategy"])
+        ax.fill_between(ep, c.min(0), c.max(0), color=line.get_color(), alpha=0.2)
+    metric = rows[0]["metric_name"] if rows else "accuracy"
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("learning curves (mean, min-max over seeds)")
+    _save_atomic(fig, path)
