@@ -10,5 +10,11 @@ from .._optional import require
 require("torch")
 
 from .conv import Conv1d, Conv2d, Conv3d, conv  # noqa: E402
+from .tcn import TCN, TemporalBlock, temporal_block  # noqa: E402
+from .wavenet import GatedResidualLayer, WaveNet, gated_residual  # noqa: E402
+from .context import ContextModule, context_module  # noqa: E402
+from .aspp import ASPP, rates_for, valid_tap_fraction  # noqa: E402
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "conv"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "conv", "TemporalBlock", "TCN", "temporal_block",
+           "GatedResidualLayer", "WaveNet", "gated_residual", "ContextModule", "context_module",
+           "ASPP", "rates_for", "valid_tap_fraction"]
