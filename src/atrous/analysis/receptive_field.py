@@ -437,7 +437,7 @@ def _lower_torch(model, input_shape) -> tuple[list[_Step], int, tuple]:
     except Exception as e:  # noqa: BLE001 -- any tracing failure falls back to hooks
         return _lower_hooks(model, input_shape, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
     modules = dict(gm.named_modules())
-    x = torch.zeros(input_shape)
+    x = _probe(model, input_shape, torch)
     with _eval_mode(model), torch.no_grad():
         try:
             ShapeProp(gm).propagate(x)
@@ -462,6 +462,14 @@ def _lower_torch(model, input_shape) -> tuple[list[_Step], int, tuple]:
         index[node] = len(steps)
         steps.append(st)
     return steps, ndim, tuple(input_shape[2:])
+
+
+def _probe(model, input_shape, torch):
+    """A zero input with the dtype and device of the model's first floating parameter."""
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if p is None:
+        return torch.zeros(input_shape)
+    return torch.zeros(input_shape, dtype=p.dtype, device=p.device)
 
 
 class _eval_mode:
@@ -788,7 +796,7 @@ def _lower_hooks(model, input_shape, reason) -> tuple[list[_Step], int, tuple]:
                                                            else None, o.shape if torch.is_tensor(o) else None))))
     try:
         with _eval_mode(model), torch.no_grad():
-            model(torch.zeros(input_shape))
+            model(_probe(model, input_shape, torch))
     except Exception as e:
         raise ValueError(f"the model does not run on input_shape={input_shape!r}: {type(e).__name__}: {e}") from e
     finally:
@@ -901,9 +909,12 @@ def receptive_field(layers_or_model, input_shape=None, at: str | None = None) ->
     res = _results(steps, fields, notes)
     if not res:
         raise ValueError("the model has no layers")
+    return _resolve_at(res, steps, at)
+
+
+def _resolve_at(res: dict, steps, at) -> ReceptiveField:
     if at is None:
-        # the output node: the last tensor step
-        return list(res.values())[-1]
+        return list(res.values())[-1]     # the output node: the last tensor step
     if at in res:
         return res[at]
     inside = [st.name for st in steps if at in st.scope and st.name in res]
