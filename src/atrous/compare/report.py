@@ -49,7 +49,8 @@ def summarize(records: list[dict]) -> list[dict]:
             "field": list(r0["field"]), "resolution": list(r0["resolution"]),
             "coverage": _prod(cov["covered"]) / max(_prod(cov["extent"]), 1),
             "covered": cov["covered"], "extent": cov["extent"],
-            "path_counts": cov.get("path_counts"),
+            "path_counts": (cov["path_counts"][0] if cov.get("path_counts")
+                            and isinstance(cov["path_counts"][0], list) else cov.get("path_counts")),
             "epoch_time": float(np.mean([r["epoch_time"] for r in rs])),
             "throughput": float(np.mean([r["throughput"] for r in rs])),
             "curves": [r.get("curve", []) for r in rs],

@@ -42,7 +42,7 @@ TASK_DEFAULTS = {
     "mnist1d": dict(epochs=12, width=32, depth=5, batch_size=128, lr=1e-2, n_train=None, n_test=None),
     "fashion-mnist": dict(epochs=4, width=32, depth=5, batch_size=128, lr=1e-2, n_train=10000,
                           n_test=2000),
-    "fashion-seg": dict(epochs=4, width=16, depth=5, batch_size=32, lr=1e-2, n_train=1000,
+    "fashion-seg": dict(epochs=4, width=16, depth=6, batch_size=32, lr=1e-2, n_train=1000,
                         n_test=200),
 }
 # --quick: a smoke run (< 30 s for all six strategies, one seed)
@@ -139,6 +139,12 @@ def read_records(path) -> list[dict]:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w"):
     """Open a temporary file next to ``path``; on success fsync and ``os.replace`` it onto ``path``,
@@ -151,6 +157,7 @@ def atomic_write(path, mode: str = "w"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; give the file normal modes
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -180,7 +187,7 @@ def _measure(model, ds: Dataset, cfg: dict) -> dict:
     torch = require("torch")
     shape = (1, ds.in_channels, *ds.spatial)
     rf = S.verify_field(model, shape)
-    cov = coverage(model.body)
+    cov = coverage(model.body, input_shape=shape)
     c = cost(model, shape)
     with torch.no_grad():
         feat = model.body(torch.zeros(shape))
@@ -190,9 +197,7 @@ def _measure(model, ds: Dataset, cfg: dict) -> dict:
     return {
         "field": [int(v) for v in rf.size],
         "jump": [int(v) for v in rf.jump],
-        "coverage": {"extent": _plain(cov.extent), "covered": _plain(cov.covered),
-                     "holes": _plain(cov.holes), "largest_hole": _plain(cov.largest_hole),
-                     "path_counts": np.asarray(cov.path_counts).tolist()},
+        "coverage": _plain(cov.to_dict()),
         "params": n_params,
         "macs": int(c.macs),
         "resolution": [int(v) for v in feat.shape[2:]],
@@ -200,7 +205,9 @@ def _measure(model, ds: Dataset, cfg: dict) -> dict:
 
 
 def _plain(v):
-    """JSON-friendly copy of a number or per-axis tuple."""
+    """JSON-friendly copy of a number, per-axis tuple or dict of them."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
     if isinstance(v, (tuple, list, np.ndarray)):
         return [_plain(x) for x in v]
     return v.item() if hasattr(v, "item") else v

@@ -96,7 +96,7 @@ def train_run(model, ds, *, epochs: int, seed: int, batch_size: int = 128, lr: f
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         times.append(time.perf_counter() - t0)
         losses.append(total / len(x))
         curve.append(evaluate(model, ds.x_test, ds.y_test, ds.num_classes, ds.dense))
