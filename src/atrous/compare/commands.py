@@ -27,16 +27,20 @@ skipped (keyed by a hash of their configuration); --force re-runs them.
 """
 
 
-def _positive(name):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an int >= 1, got {s!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be an int >= 1, got {s!r}")
-        return v
-    return parse
+def _positive(value, name):
+    """``None`` or an int >= 1 parsed from the command line (else ValueError naming the option)."""
+    if value is None:
+        return None
+    try:
+        v = int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}") from None
+    if v < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return v
+
+
+_INT_OPTIONS = ("seeds", "epochs", "target_rf", "depth", "width", "threads")
 
 
 def register(sub) -> None:
@@ -52,15 +56,15 @@ def register(sub) -> None:
                    help="mnist1d (default), fashion-mnist or fashion-seg")
     p.add_argument("--strategies", default=None,
                    help="comma-separated subset of plain,pool,stride,large,dilated,gridded (default: all)")
-    p.add_argument("--seeds", type=_positive("--seeds"), default=None,
+    p.add_argument("--seeds", default=None,
                    help="number of seeds per strategy, 0..N-1 (default 3; 1 with --quick)")
-    p.add_argument("--epochs", type=_positive("--epochs"), default=None,
+    p.add_argument("--epochs", default=None,
                    help="training epochs (default: per task, 12 for mnist1d)")
-    p.add_argument("--target-rf", type=_positive("--target-rf"), default=None,
+    p.add_argument("--target-rf", default=None,
                    help="receptive field every strategy must reach, per axis (default: the whole input)")
-    p.add_argument("--depth", type=_positive("--depth"), default=None, help="conv layers (default 5)")
-    p.add_argument("--width", type=_positive("--width"), default=None, help="channels per layer")
-    p.add_argument("--threads", type=_positive("--threads"), default=None,
+    p.add_argument("--depth", default=None, help="conv layers (default 5)")
+    p.add_argument("--width", default=None, help="channels per layer")
+    p.add_argument("--threads", default=None,
                    help="torch threads per run (default 1: results independent of process layout)")
     p.add_argument("--data-dir", default=None,
                    help="MNIST-1D cache / Fashion-MNIST IDX directory (default: ~/.cache/atrous, "
@@ -94,6 +98,8 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     try:
+        for opt in _INT_OPTIONS:
+            setattr(args, opt, _positive(getattr(args, opt), "--" + opt.replace("_", "-")))
         check_task(args.task)
         names = S.check_strategies(args.strategies) if args.strategies is not None else S.STRATEGIES
         study = Study.for_task(args.task, quick=args.quick, strategies=names, seeds=args.seeds,

@@ -273,10 +273,11 @@ def _dist():
 
 
 def run_study(study: Study, out: str, *, force: bool = False, quiet: bool = False,
-              ds: Dataset | None = None, runner=run_one) -> list[dict]:
+              ds: Dataset | None = None, runner=None) -> list[dict]:
     """Run the pending runs of ``study`` into ``out/results.jsonl``; return the study's records
     (on rank 0; other ranks return ``[]``). ``runner`` is the function training one run."""
     study.validate()
+    runner = runner or run_one
     rank, world, dist = _dist()
     if ds is None:
         ds = load_task(study.task, study.data_dir, study.n_train, study.n_test)
