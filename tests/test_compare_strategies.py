@@ -125,15 +125,24 @@ def test_dilated_schedule_comes_from_design_dilations(monkeypatch):
     from types import SimpleNamespace as NS
     calls = []
 
-    def fake(target, kernel=3, max_layers=None):
-        calls.append((target, kernel, max_layers))
-        return [NS(dilations=(1, 3)), NS(dilations=(1, 2, 5, 9, 1))]
+    def fake(target, kernel=3, max_layers=None, max_field=None):
+        calls.append((target, kernel, max_layers, max_field))
+        return [NS(dilations=(1, 3, 9))]                 # "the smallest depth is 3" for any target
 
     monkeypatch.setattr(atrous.design, "design_dilations", fake)
-    assert S.plan("dilated", 40, 5).dilations == (1, 2, 5, 9, 1)      # the exact-depth candidate
-    assert S.plan("dilated", 40, 4).dilations == (1, 1, 1, 3)          # else the best, d=1 in front
-    assert S.plan("gridded", 40, 5).dilations == (2, 4, 10, 18, 2)     # factor 2, half the target
-    assert calls[0] == (40, 3, 5) and calls[-1] == (21, 3, 5)
+    assert S.plan("dilated", 40, 5).dilations == (1, 1, 1, 3, 9)      # 2 extra d=1 layers in front
+    assert calls[-1] == (40 - 2 * 2, 3, 3, 40 - 4 + 4)
+    calls.clear()
+    assert S.plan("gridded", 40, 5).dilations == (2, 2, 2, 6, 18)     # factor 2, half the target
+    assert calls[-1][0] == 21 - 4
+
+
+def test_dilated_schedule_real_design():
+    for target, depth in ((40, 5), (28, 5), (64, 6), (10, 5)):
+        p = S.plan("dilated", target, depth)
+        assert len(p.dilations) == depth and target <= p.field <= target + 4
+        g = S.plan("gridded", target, depth)
+        assert len(g.dilations) == depth and g.field >= target
 
 
 def test_errors():

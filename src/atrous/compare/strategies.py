@@ -112,16 +112,33 @@ def _field(kernels, strides, dilations, pools) -> int:
 
 
 def _hole_free(target: int, depth: int, kernel: int = 3) -> tuple[int, ...]:
-    """A hole-free schedule of exactly ``depth`` layers reaching ``target`` (d=1 layers in front
-    if the designer needs fewer)."""
-    from ..design import design_dilations
-    ranked = design_dilations(target, kernel=kernel, max_layers=depth)
-    if not ranked:
-        raise ValueError(f"target_rf {target} cannot be reached without holes in depth {depth} "
-                         f"(kernel {kernel}); raise depth or lower target_rf")
-    exact = [c for c in ranked if len(c.dilations) == depth]
-    dil = tuple(int(d) for d in (exact or ranked)[0].dilations)
-    return (1,) * (depth - len(dil)) + dil
+    """A hole-free schedule of exactly ``depth`` layers whose field is the smallest design found
+    ``>= target``.
+
+    :func:`atrous.design_dilations` returns schedules of the *smallest* depth ``L`` for a target;
+    ``depth - L`` extra d=1 layers in front keep the coverage hole-free and add ``(k-1)`` each, so we
+    ask for ``target - (k-1)*extra`` with the fewest ``extra`` whose smallest depth is
+    ``depth - extra``, bounding the field (``max_field``) to stay close to the target.
+    """
+    from .. import design
+    for extra in range(depth):
+        t = max(target - (kernel - 1) * extra, 1)
+        try:
+            ranked = (design.design_dilations(t, kernel=kernel, max_layers=depth - extra,
+                                              max_field=t + 2 * (kernel - 1))
+                      or design.design_dilations(t, kernel=kernel, max_layers=depth - extra))
+        except ValueError:
+            continue
+        if ranked and len(ranked[0].dilations) == depth - extra:
+            return (1,) * extra + tuple(int(d) for d in ranked[0].dilations)
+    # a target so small that fewer layers always suffice: the best schedule, d=1 layers in front
+    try:
+        best = design.design_dilations(target, kernel=kernel, max_layers=depth)[0].dilations
+        return (1,) * (depth - len(best)) + tuple(int(d) for d in best)
+    except (ValueError, IndexError):
+        pass
+    raise ValueError(f"target_rf {target} cannot be reached without holes in exactly {depth} "
+                     f"layers of kernel {kernel}; raise depth or lower target_rf")
 
 
 def plan(strategy: str, target_rf: int, depth: int = 5, in_size: int | None = None,
