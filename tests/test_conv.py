@@ -35,14 +35,17 @@ STRATEGIES = (None, "tap", "im2col", "elementwise")
 
 
 @contextlib.contextmanager
-def strategy(name):
-    """Force one engine strategy (None: the engine's own choice)."""
-    old = engine._FORCE
+def strategy(name, parallel=False):
+    """Force one engine strategy (None: the engine's own choice); ``parallel`` runs even tiny
+    calls on the chunk thread pool (it needs threadpoolctl, as in the dev extra)."""
+    old = engine._FORCE, engine._PAR_MIN_FLOPS, engine._MIN_ROWS, engine._CHUNK_ELEMS
     engine._FORCE = name
+    if parallel:                    # many small chunks, all on the pool
+        engine._PAR_MIN_FLOPS, engine._MIN_ROWS, engine._CHUNK_ELEMS = 0, 4, 8
     try:
         yield
     finally:
-        engine._FORCE = old
+        engine._FORCE, engine._PAR_MIN_FLOPS, engine._MIN_ROWS, engine._CHUNK_ELEMS = old
 
 
 # ------------------------------------------------------------------------------ slow reference
@@ -113,10 +116,11 @@ def conv_case(draw, max_size=7):
     assume(all(m + lo + hi >= geometry.effective_kernel(k, d)
                for m, (lo, hi), k, d in zip(size, pads, kernel, dilation)))
     how = draw(st.sampled_from(STRATEGIES))
+    parallel = draw(st.booleans())
     seed = draw(st.integers(0, 2**31 - 1))
     return dict(nd=nd, groups=groups, cgi=cgi, cgo=cgo, n=n, kernel=kernel, stride=stride,
                 dilation=dilation, size=size, padding=padding, causal_axes=causal_axes,
-                pads=pads, how=how, seed=seed)
+                pads=pads, how=how, parallel=parallel, seed=seed)
 
 
 def arrays(c, dtype=np.float64):
@@ -145,7 +149,7 @@ def torch_conv(x, w, b, c):
 @settings(max_examples=60)
 def test_forward_matches_tap_loop_reference(c):
     _, x, w, b = arrays(c)
-    with strategy(c["how"]):
+    with strategy(c["how"], c["parallel"]):
         y = atrous.conv(x, w, b, **kw(c))
     ref = ref_conv(x, w, b, c["stride"], c["pads"], c["dilation"], c["groups"])
     assert y.shape == ref.shape and y.dtype == np.float64
@@ -156,7 +160,7 @@ def test_forward_matches_tap_loop_reference(c):
 @settings(max_examples=40)
 def test_grads_match_tap_loop_reference_and_adjoint_identity(c):
     rng, x, w, _ = arrays(c)
-    with strategy(c["how"]):
+    with strategy(c["how"], c["parallel"]):
         y = atrous.conv(x, w, **kw(c))
         gy = rng.standard_normal(y.shape)
         gx, gw, gb = atrous.conv_grad(gy, x, w, **kw(c))
@@ -175,7 +179,7 @@ def test_grads_match_tap_loop_reference_and_adjoint_identity(c):
 @settings(max_examples=80)
 def test_forward_matches_torch_float64(c):
     _, x, w, b = arrays(c)
-    with strategy(c["how"]):
+    with strategy(c["how"], c["parallel"]):
         y = atrous.conv(x, w, b, **kw(c))
     ref = torch_conv(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b), c).numpy()
     assert y.shape == ref.shape
@@ -193,7 +197,7 @@ def test_grads_match_torch_autograd_float64(c):
     out = torch_conv(xt, wt, bt, c)
     gy = rng.standard_normal(tuple(out.shape))
     out.backward(torch.from_numpy(gy))
-    with strategy(c["how"]):
+    with strategy(c["how"], c["parallel"]):
         gx, gw, gb = atrous.conv_grad(gy, x, w, b, **kw(c))
     for ours, theirs in ((gx, xt), (gw, wt), (gb, bt)):
         assert ours.shape == tuple(theirs.shape)
@@ -224,7 +228,7 @@ def test_conv_transpose_matches_torch_float64(c):
     b = rng.standard_normal(G * c["cgo"])
     args = dict(stride=c["stride"], padding=c["tpad"], output_padding=c["opad"], groups=G,
                 dilation=c["dilation"])
-    with strategy(c["how"]):
+    with strategy(c["how"], c["parallel"]):
         y = atrous.conv_transpose(x, w, b, **args)
     ref = getattr(F, f"conv_transpose{c['nd']}d")(torch.from_numpy(x), torch.from_numpy(w),
                                                   torch.from_numpy(b), **args).numpy()
@@ -532,7 +536,7 @@ def test_bad_input_raises_naming_parameter_and_value(i):
 def test_bad_input_is_rejected_before_any_work(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("work started before validation")
-    for name in ("_forward", "_grad_input", "_grad_weight", "_to_phases"):
+    for name in ("_forward", "_backward", "_to_phases"):
         monkeypatch.setattr(engine, name, boom)
     for call, exc, _ in BAD:
         with pytest.raises(exc):

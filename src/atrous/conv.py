@@ -64,8 +64,10 @@ _BUDGET = _DEFAULT_BUDGET
 # accumulator stays in cache. Tuned with benchmarks/engine.py.
 _CHUNK_ELEMS = 1 << 18      # accumulator elements (rows * channels) per chunk
 _MIN_ROWS = 1024
-# Tests set this to "tap", "im2col" or "elementwise" to exercise one strategy everywhere.
+# Tests set this to "tap", "im2col" or "elementwise" to exercise one strategy everywhere, and
+# _PARALLEL to False to run chunks serially.
 _FORCE = None
+_PARALLEL = True
 
 
 # --------------------------------------------------------------------------------------- budget
@@ -217,14 +219,13 @@ class _Layout(NamedTuple):
     rs: tuple         # row stride per axis on the flattened grid
     P: int            # rows per sample
     taps: list        # (phase, row offset) per tap, C order over the kernel
-    chunks: list      # (r0, r1) row ranges that cover every real output
+    last: int         # row of the last real output of a sample, relative to i*P
 
 
-def _layout(spec, acc_channels) -> _Layout:
+def _layout(spec) -> _Layout:
     padded = [m + lo + hi for m, (lo, hi) in zip(spec.in_sizes, spec.pads)]
     sph = tuple(-(-p // s) for p, s in zip(padded, spec.stride))
     rs = tuple(math.prod(sph[a + 1:]) for a in range(len(sph)))
-    P = math.prod(sph)
     taps = []
     for j in np.ndindex(*spec.kernel):
         ph, off = 0, 0
@@ -232,29 +233,70 @@ def _layout(spec, acc_channels) -> _Layout:
             ph = ph * s + (d * ja) % s
             off += ((d * ja) // s) * rs[a]
         taps.append((ph, off))
-    nph = math.prod(spec.stride)
-    # rows of sample i that hold real outputs: [i*P, i*P + last]
+    # the real outputs of sample i are rows i*P + [0, last] of the grid
     last = sum((o - 1) * r for o, r in zip(spec.out_sizes, rs))
-    target = max(_MIN_ROWS, _CHUNK_ELEMS // max(acc_channels, 1))
-    chunks, cur = [], None
+    return _Layout(math.prod(spec.stride), sph, rs, math.prod(sph), taps, last)
+
+
+def _tasks(spec, lay, acc_channels, rows_cap, whole=False):
+    """Row ranges ``[r0, r1)`` covering the real output rows of every sample (every row if
+    ``whole``); small samples are merged and long ranges cut so that a range has at most
+    ``rows_cap`` rows (the memory budget) and about ``_CHUNK_ELEMS`` accumulator elements."""
+    span = lay.P if whole else lay.last + 1
+    target = max(1, min(rows_cap, max(_MIN_ROWS, _CHUNK_ELEMS // max(acc_channels, 1))))
+    merged, cur = [], None
     for i in range(spec.n):
-        a, b = i * P, i * P + last + 1
+        a, b = i * lay.P, i * lay.P + span
         if cur is not None and b - cur[0] <= target:
             cur[1] = b
             continue
         if cur is not None:
-            chunks.append(tuple(cur))
+            merged.append(cur)
         cur = [a, b]
     if cur is not None:
-        chunks.append(tuple(cur))
-    return _Layout(nph, sph, rs, P, taps, chunks)
+        merged.append(cur)
+    return [(r0, min(r0 + target, b)) for a, b in merged for r0 in range(a, b, target)]
 
 
-def _split(chunks, rows):
-    """Cut row ranges into pieces of at most ``rows`` rows."""
-    for r0, r1 in chunks:
-        for a in range(r0, r1, rows):
-            yield a, min(a + rows, r1)
+# ------------------------------------------------------------------------- chunk parallelism
+# NumPy's element-wise work (patch copies, accumulation) is single-threaded. When threadpoolctl is
+# installed, big calls run their row chunks on a thread pool, one chunk per thread at a time with
+# single-threaded BLAS (NumPy releases the GIL inside copies, ufuncs and matmul). Without it, or
+# for small calls, chunks run one after the other with multi-threaded BLAS.
+_PAR_MIN_FLOPS = 2e7
+_POOL = None
+_CTL = None
+
+
+def _controller():
+    global _CTL
+    if _CTL is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _CTL = ThreadpoolController()
+        except Exception:          # not installed, or no BLAS found: run serially
+            _CTL = False
+    return _CTL or None
+
+
+def _max_workers(flops) -> int:
+    if not _PARALLEL or flops < _PAR_MIN_FLOPS or _controller() is None:
+        return 1
+    blas = [lc.num_threads for lc in _controller().lib_controllers if lc.user_api == "blas"]
+    return max(1, min(blas) if blas else 1)
+
+
+def _run(work, tasks, workers):
+    """``[work(*t) for t in tasks]``, on ``workers`` threads with single-threaded BLAS."""
+    workers = min(workers, len(tasks))
+    if workers <= 1:
+        return [work(*t) for t in tasks]
+    global _POOL
+    if _POOL is None or _POOL._max_workers < workers:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous")
+    with _controller().limit(limits=1, user_api="blas"):
+        return list(_POOL.map(lambda t: work(*t), tasks))
 
 
 def _phase_slices(spec, lay):
@@ -304,26 +346,15 @@ def _grid_to_out(grid, spec, lay, c):
     return np.ascontiguousarray(g.transpose((1, 0) + tuple(range(2, g.ndim))))
 
 
-def _out_to_grid(gy, spec, lay):
-    """(N, C_out, *out) -> zero grid (C_out, N*P) holding gy at the real output rows."""
-    grid = np.zeros((spec.c_out, spec.n * lay.P), dtype=spec.dtype)
-    view = grid.reshape((spec.c_out, spec.n) + lay.sph)
-    # gy may cover fewer outputs than the grid allows (conv_transpose's output_padding)
-    view[(slice(None), slice(None)) + tuple(slice(0, o) for o in gy.shape[2:])] = \
-        gy.transpose((1, 0) + tuple(range(2, gy.ndim)))
-    return grid
-
-
-def _strategy(spec) -> str:
+def _strategy(c_red, c_acc, groups, K) -> str:
+    """How to contract ``c_red`` channels (per group) into ``c_acc`` ones over ``K`` taps."""
     if _FORCE is not None:
         return _FORCE
-    cg_in = spec.c_in // spec.groups
-    if cg_in == 1 and spec.groups > 1:
+    if c_red == 1 and c_acc == 1 and groups > 1:
         return "elementwise"
-    K = math.prod(spec.kernel)
-    # im2col copies K*C_in values per row to run one GEMM; per-tap accumulation moves about
-    # 2*K*C_out. Stack the taps when the copy is the cheaper of the two, or the GEMMs are tiny.
-    if cg_in * 2 <= spec.c_out // spec.groups or cg_in < 16:
+    # im2col copies K*c_red values per row to run one GEMM; per-tap accumulation moves about
+    # 3*K*c_acc (product + add). Stack the taps when the copy is the cheaper, or the GEMMs tiny.
+    if c_red * 2 <= c_acc or c_red < 16:
         return "im2col"
     return "tap"
 
@@ -335,106 +366,121 @@ def _weights(weight, spec):
     return np.ascontiguousarray(w.transpose(3, 0, 1, 2))
 
 
-def _rows_for(budget, bytes_per_row):
-    return max(1, budget // max(bytes_per_row, 1))
+def _flops(spec):
+    return 2 * spec.n * math.prod(spec.out_sizes) * spec.c_out * (spec.c_in // spec.groups) \
+        * math.prod(spec.kernel)
+
+
+def _accumulate(acc, terms, elementwise):
+    """acc = sum of w @ v (or w * v) over ``terms`` = [(w, v), ...], with one temporary."""
+    op = np.multiply if elementwise else np.matmul
+    tmp = np.empty(acc.shape, dtype=acc.dtype) if len(terms) > 1 else None
+    for i, (w, v) in enumerate(terms):
+        op(w, v, out=acc if i == 0 else tmp)
+        if i:
+            np.add(acc, tmp, out=acc)
 
 
 # -------------------------------------------------------------------------------------- forward
 def _forward(x, weight, spec):
-    """Core forward on validated arrays: returns (N, C_out, *out) in the compute dtype."""
+    """Core forward on validated arrays: returns (N, C_out, *out) in the compute dtype.
+
+    ``y[:, row] = sum_j W_j @ xph[phase_j, :, row + off_j]`` on each chunk of grid rows.
+    """
     G, K = spec.groups, math.prod(spec.kernel)
     cgi, cgo = spec.c_in // G, spec.c_out // G
-    isz = spec.dtype.itemsize
-    lay = _layout(spec, spec.c_out)
+    lay = _layout(spec)
     xph = _to_phases(x, spec, lay).reshape(lay.nph, G, cgi, -1)        # (nph, G, C_in/g, rows)
     wt = _weights(weight, spec)                                         # (K, G, C_out/g, C_in/g)
     y = np.empty((G, cgo, spec.n * lay.P), dtype=spec.dtype)            # output on the grid
-    how = _strategy(spec)
+    how = _strategy(cgi, cgo, G, K)
+    per_row = (K * spec.c_in if how == "im2col" else spec.c_out) * spec.dtype.itemsize
+    workers = _max_workers(_flops(spec))
+    tasks = _tasks(spec, lay, spec.c_out, spec.budget // (workers * per_row))
     if how == "im2col":
         wm = np.ascontiguousarray(wt.transpose(1, 2, 0, 3).reshape(G, cgo, K * cgi))
-        rows = _rows_for(spec.budget, K * spec.c_in * isz)
-        patch = np.empty((G, K * cgi, min(rows, max((b - a for a, b in lay.chunks), default=0))),
-                         dtype=spec.dtype)
-        for r0, r1 in _split(lay.chunks, rows):
-            p = patch[:, :, :r1 - r0]
-            for t, (ph, off) in enumerate(lay.taps):                   # (G, K*C_in/g, R)
-                p[:, t * cgi:(t + 1) * cgi] = xph[ph, :, :, r0 + off:r1 + off]
-            np.matmul(wm, p, out=y[:, :, r0:r1])
-    else:
-        rows = _rows_for(spec.budget, spec.c_out * isz)
-        tmp_buf = np.empty(spec.c_out * min(rows, spec.n * lay.P), dtype=spec.dtype)
-        ew = how == "elementwise" and cgi == 1       # wt[t]: (G, C_out/g, 1), broadcast multiply
-        for r0, r1 in _split(lay.chunks, rows):
-            acc = y[:, :, r0:r1]                                         # (G, C_out/g, R)
-            tmp = tmp_buf[:acc.size].reshape(acc.shape)
+
+        def work(r0, r1):
+            patch = np.empty((G, K * cgi, r1 - r0), dtype=spec.dtype)   # (G, K*C_in/g, R)
             for t, (ph, off) in enumerate(lay.taps):
-                xs = xph[ph, :, :, r0 + off:r1 + off]                    # (G, C_in/g, R)
-                if ew:
-                    np.multiply(wt[t], xs, out=acc if t == 0 else tmp)
-                else:
-                    np.matmul(wt[t], xs, out=acc if t == 0 else tmp)
-                if t:
-                    np.add(acc, tmp, out=acc)
+                patch[:, t * cgi:(t + 1) * cgi] = xph[ph, :, :, r0 + off:r1 + off]
+            np.matmul(wm, patch, out=y[:, :, r0:r1])
+    else:
+        def work(r0, r1):                                               # acc: (G, C_out/g, R)
+            _accumulate(y[:, :, r0:r1], [(wt[t], xph[ph, :, :, r0 + off:r1 + off])
+                                         for t, (ph, off) in enumerate(lay.taps)],
+                        how == "elementwise" and cgi == 1)
+    _run(work, tasks, workers)
     return _grid_to_out(y.reshape(spec.c_out, -1), spec, lay, spec.c_out)
 
 
 # ------------------------------------------------------------------------------------- backward
-def _grad_input(gy, weight, spec):
-    """dL/dx for dL/dy = gy: the transposed convolution, as a scatter-add of every tap.
+def _backward(gy, x, weight, spec, want_x=True, want_w=True):
+    """(dL/dx, dL/dW) for dL/dy = gy (see the module docstring), either may be skipped.
 
-    ``dx[row + off_j] += W_j^T gy[row]`` (see the module docstring). Returns (N, C_in, *in_sizes).
+    dL/dx is computed as a *gather* (the forward with roles swapped), so that every row of the
+    result is written by one chunk: ``dx[phase p, row] = sum_{j in p} W_j^T gy[row - off_j]``.
     """
     G, K = spec.groups, math.prod(spec.kernel)
     cgi, cgo = spec.c_in // G, spec.c_out // G
     isz = spec.dtype.itemsize
-    lay = _layout(spec, spec.c_in)
-    gyg = _out_to_grid(gy, spec, lay).reshape(G, cgo, -1)               # (G, C_out/g, rows)
-    dx = np.zeros((lay.nph, G, cgi, spec.n * lay.P), dtype=spec.dtype)
-    wt = _weights(weight, spec)                                         # (K, G, C_out/g, C_in/g)
-    how = _strategy(spec)
-    if how == "im2col":       # col2im: one GEMM for all taps, then K shifted adds
-        wm = np.ascontiguousarray(wt.transpose(1, 0, 3, 2).reshape(G, K * cgi, cgo))
-        rows = _rows_for(spec.budget, K * spec.c_in * isz)
-    else:
-        wm = np.ascontiguousarray(wt.transpose(0, 1, 3, 2))              # (K, G, C_in/g, C_out/g)
-        rows = _rows_for(spec.budget, spec.c_in * isz)
-    for r0, r1 in _split(lay.chunks, rows):
-        g = gyg[:, :, r0:r1]
+    lay = _layout(spec)
+    front = max(off for _, off in lay.taps)            # zero rows before the grid: row - off >= 0
+    gyp = np.zeros((spec.c_out, front + spec.n * lay.P), dtype=spec.dtype)
+    view = gyp[:, front:].reshape((spec.c_out, spec.n) + lay.sph)
+    # gy may cover fewer outputs than the grid allows (conv_transpose's output_padding)
+    view[(slice(None), slice(None)) + tuple(slice(0, o) for o in gy.shape[2:])] = \
+        gy.transpose((1, 0) + tuple(range(2, gy.ndim)))
+    gyp = gyp.reshape(G, cgo, -1)                      # (G, C_out/g, front + rows)
+    wt = _weights(weight, spec)                        # (K, G, C_out/g, C_in/g)
+    workers = _max_workers(_flops(spec))
+    gx = gw = None
+    if want_x:
+        wT = np.ascontiguousarray(wt.transpose(0, 1, 3, 2))              # (K, G, C_in/g, C_out/g)
+        by_phase = [[(t, off) for t, (ph, off) in enumerate(lay.taps) if ph == p]
+                    for p in range(lay.nph)]
+        how = _strategy(cgo, cgi, G, K)
+        kmax = max(len(b) for b in by_phase)
+        per_row = (kmax * spec.c_out if how == "im2col" else spec.c_in) * isz
+        dx = np.empty((lay.nph, G, cgi, spec.n * lay.P), dtype=spec.dtype)
+        for p, taps in enumerate(by_phase):
+            if not taps:                               # no tap lands on this phase
+                dx[p] = 0
+        rng = _tasks(spec, lay, spec.c_in, spec.budget // (workers * per_row), whole=True)
+        tasks = [(p, r0, r1) for p, taps in enumerate(by_phase) if taps for r0, r1 in rng]
         if how == "im2col":
-            cols = np.matmul(wm, g)                                     # (G, K*C_in/g, R)
-            for t, (ph, off) in enumerate(lay.taps):
-                d = dx[ph, :, :, r0 + off:r1 + off]
-                np.add(d, cols[:, t * cgi:(t + 1) * cgi], out=d)
+            wm = [np.concatenate([wT[t] for t, _ in taps], axis=-1) if taps else None
+                  for taps in by_phase]                                  # (G, C_in/g, Kp*C_out/g)
+
+            def work(p, r0, r1):
+                taps = by_phase[p]
+                patch = np.empty((G, len(taps) * cgo, r1 - r0), dtype=spec.dtype)
+                for i, (_, off) in enumerate(taps):
+                    patch[:, i * cgo:(i + 1) * cgo] = gyp[:, :, front + r0 - off:front + r1 - off]
+                np.matmul(wm[p], patch, out=dx[p, :, :, r0:r1])
         else:
-            tmp = np.empty((G, cgi, r1 - r0), dtype=spec.dtype)
+            def work(p, r0, r1):                                        # acc: (G, C_in/g, R)
+                _accumulate(dx[p, :, :, r0:r1],
+                            [(wT[t], gyp[:, :, front + r0 - off:front + r1 - off])
+                             for t, off in by_phase[p]], how == "elementwise" and cgo == 1)
+        _run(work, tasks, workers)
+        gx = _from_phases(dx.reshape(lay.nph, spec.c_in, -1), spec, lay, spec.c_in)
+    if want_w:
+        xph = _to_phases(x, spec, lay).reshape(lay.nph, G, cgi, -1)
+
+        def work(r0, r1):           # dW_j += gy[rows] @ x[rows + off_j]^T, reduced over rows
+            dw = np.zeros((K, G, cgo, cgi), dtype=spec.dtype)
+            tmp = np.empty((G, cgo, cgi), dtype=spec.dtype)
+            g = gyp[:, :, front + r0:front + r1]
             for t, (ph, off) in enumerate(lay.taps):
-                if how == "elementwise" and cgo == 1:
-                    np.multiply(wm[t], g, out=tmp)                       # (G,1,1) * (G,1,R)
-                else:
-                    np.matmul(wm[t], g, out=tmp)
-                d = dx[ph, :, :, r0 + off:r1 + off]
-                np.add(d, tmp, out=d)
-    return _from_phases(dx.reshape(lay.nph, spec.c_in, -1), spec, lay, spec.c_in)
-
-
-def _grad_weight(gy, x, spec):
-    """dL/dW_j = sum_row gy[row] x[row + off_j]^T: one GEMM per tap reducing over the rows."""
-    G, K = spec.groups, math.prod(spec.kernel)
-    cgi, cgo = spec.c_in // G, spec.c_out // G
-    lay = _layout(spec, spec.c_out)
-    xph = _to_phases(x, spec, lay).reshape(lay.nph, G, cgi, -1)
-    gyg = _out_to_grid(gy, spec, lay).reshape(G, cgo, -1)
-    dw = np.zeros((K, G, cgo, cgi), dtype=spec.dtype)
-    tmp = np.empty((G, cgo, cgi), dtype=spec.dtype)
-    rows = max(_MIN_ROWS, _CHUNK_ELEMS // max(spec.c_in + spec.c_out, 1))
-    for r0, r1 in _split(lay.chunks, rows):
-        g = gyg[:, :, r0:r1]
-        for t, (ph, off) in enumerate(lay.taps):
-            xs = xph[ph, :, :, r0 + off:r1 + off]                        # (G, C_in/g, R)
-            np.matmul(g, xs.transpose(0, 2, 1), out=tmp)
-            dw[t] += tmp
-    # (K, G, C_out/g, C_in/g) -> (C_out, C_in/g, *k)
-    return dw.transpose(1, 2, 3, 0).reshape((spec.c_out, cgi) + spec.kernel)
+                np.matmul(g, xph[ph, :, :, r0 + off:r1 + off].transpose(0, 2, 1), out=tmp)
+                dw[t] += tmp
+            return dw
+        tasks = _tasks(spec, lay, spec.c_in + spec.c_out, 1 << 62)
+        dw = sum(_run(work, tasks, workers))
+        # (K, G, C_out/g, C_in/g) -> (C_out, C_in/g, *k)
+        gw = dw.transpose(1, 2, 3, 0).reshape((spec.c_out, cgi) + spec.kernel)
+    return gx, gw
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -498,7 +544,7 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
     if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
         y = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
     else:
-        y = _grad_input(x.astype(spec.dtype, copy=False), weight, spec)
+        y, _ = _backward(x.astype(spec.dtype, copy=False), None, weight, spec, want_w=False)
     if bias is not None:
         y += bias.astype(spec.dtype).reshape((-1,) + (1,) * len(spec.kernel))
     return y.astype(spec.out_dtype, copy=False)
@@ -540,7 +586,6 @@ def conv_grad(grad_output, x, weight, bias=None, stride=1, padding=0, dilation=1
         gx = np.zeros(x.shape, dtype=spec.dtype)
         gw = np.zeros(weight.shape, dtype=spec.dtype)
     else:
-        gx = _grad_input(gy, weight, spec)
-        gw = _grad_weight(gy, x, spec)
+        gx, gw = _backward(gy, x, weight, spec)
     return (gx.astype(spec.out_dtype, copy=False), gw.astype(spec.out_dtype, copy=False),
             gb.astype(spec.out_dtype, copy=False))
