@@ -19,7 +19,7 @@ from hypothesis import given, settings, strategies as st
 import atrous
 from atrous import Layer, geometry as geo
 
-torch.set_default_dtype(torch.float64)
+D = torch.float64     # test precision (explicit: never change torch's global default dtype)
 
 
 # ---------------------------------------------------------------- oracles
@@ -34,7 +34,7 @@ def _positive(model):
 
 def grad_support(model, input_shape, index):
     """Boolean spatial map of inputs whose gradient into output ``index`` (all channels) is nonzero."""
-    x = (1 + torch.rand(input_shape)).requires_grad_(True)
+    x = (1 + torch.rand(input_shape, dtype=D)).requires_grad_(True)
     y = model(x)
     y[(0, slice(None)) + tuple(index)].sum().backward()
     return (x.grad[0].abs().sum(0) > 0).numpy()
@@ -44,7 +44,7 @@ def perturb_support(model, input_shape, index):
     """Which inputs move output ``index`` when set to a huge value (one forward per input, batched)."""
     spatial = input_shape[2:]
     n = int(np.prod(spatial))
-    base = 1 + torch.rand((1,) + tuple(input_shape[1:]))
+    base = 1 + torch.rand((1,) + tuple(input_shape[1:]), dtype=D)
     X = base.repeat(n, *([1] * (len(input_shape) - 1)))
     flat = X.view(n, input_shape[1], n)
     flat[torch.arange(n), :, torch.arange(n)] += 1e3
@@ -80,7 +80,7 @@ def check_interior(model, input_shape, rf, oracle=grad_support, max_outputs=4):
     """For outputs whose field lies inside the input, the brute-force extent equals rf.span()."""
     spatial = input_shape[2:]
     with torch.no_grad():
-        out_sp = model(torch.zeros(input_shape)).shape[2:]
+        out_sp = model(torch.zeros(input_shape, dtype=D)).shape[2:]
     cands = []
     for idx in itertools.product(*(range(m) for m in out_sp)):
         sp = rf.span(idx)
@@ -317,7 +317,7 @@ def test_transposed_then_conv_phases_brute_force(k, s, p, d):
     net = _positive(nn.Sequential(nn.Conv1d(1, 1, 3, padding=1), nn.ConvTranspose1d(1, 1, k, s, p, dilation=d),
                                   nn.Conv1d(1, 1, 3, dilation=2)))
     rf = atrous.receptive_field(net, (1, 1, 14))
-    n_out = net(torch.zeros(1, 1, 14)).shape[-1]
+    n_out = net(torch.zeros(1, 1, 14, dtype=D)).shape[-1]
     checked = 0
     for o in range(n_out):
         sp = rf.span(o)[0]

@@ -1,6 +1,6 @@
 """Parameters, multiply-accumulates and activation memory of a PyTorch model, per layer.
 
-MACs (multiply-accumulates) count convolutions and linear layers, the layers where they dominate:
+MACs (multiply-accumulates) count convolutions and linear layers, where they dominate:
 
 * convolution: ``N * C_out * prod(out_spatial) * (C_in / groups) * prod(kernel)`` -- dilation
   spaces the taps but does not add any, so it does not change the count for a given output size;
@@ -86,7 +86,8 @@ def cost(model, input_shape) -> Cost:
 
     ``model``: a ``torch.nn.Module``; ``input_shape``: ``(N, C, *spatial)``. The model runs once on
     zeros (in eval mode, without gradients; train/eval flags are restored) with forward hooks on its
-    leaf modules; a module called twice gives two rows. Operations written as functions in a
+    leaf modules; a module called twice gives two rows. Only shapes are needed, so the run uses meta
+    tensors (no arithmetic) when every op supports them. Operations written as functions in a
     ``forward`` (``F.conv2d``, ``x @ w``) are not seen and are listed in ``notes`` if detected.
 
     >>> import torch.nn as nn
@@ -97,7 +98,7 @@ def cost(model, input_shape) -> Cost:
     from .._optional import require
     torch = require("torch")
     nn = torch.nn
-    from .receptive_field import _check_shape, _eval_mode, _probe
+    from .receptive_field import _check_shape, _run_shapes
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -122,11 +123,8 @@ def cost(model, input_shape) -> Cost:
     for name, m in leaves:
         hooks.append(m.register_forward_hook(hook(name or type(m).__name__)))
     try:
-        with _eval_mode(model), torch.no_grad():
-            model(_probe(model, input_shape, torch))
-    except Exception as e:
-        raise ValueError(f"the model does not run on input_shape={input_shape!r}: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+        # shapes only: parameters swapped for meta tensors (falls back to a real run if needed)
+        _run_shapes(model, model, input_shape, lambda x: (rows.clear(), model(x)))
     finally:
         for h in hooks:
             h.remove()

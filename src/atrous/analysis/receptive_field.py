@@ -437,13 +437,7 @@ def _lower_torch(model, input_shape) -> tuple[list[_Step], int, tuple]:
     except Exception as e:  # noqa: BLE001 -- any tracing failure falls back to hooks
         return _lower_hooks(model, input_shape, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
     modules = dict(gm.named_modules())
-    x = _probe(model, input_shape, torch)
-    with _eval_mode(model), torch.no_grad():
-        try:
-            ShapeProp(gm).propagate(x)
-        except Exception as e:
-            raise ValueError(f"the model does not run on input_shape={input_shape!r}: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+    _run_shapes(gm, model, input_shape, lambda x: ShapeProp(gm).propagate(x))
     steps: list[_Step] = []
     index: dict = {}
     for node in gm.graph.nodes:
@@ -462,6 +456,29 @@ def _lower_torch(model, input_shape) -> tuple[list[_Step], int, tuple]:
         index[node] = len(steps)
         steps.append(st)
     return steps, ndim, tuple(input_shape[2:])
+
+
+def _run_shapes(module, model, input_shape, run):
+    """Call ``run(x)`` on a zero input of ``input_shape`` in eval mode without gradients: first with
+    every parameter and buffer of ``module`` swapped for a meta tensor (shapes only, no arithmetic),
+    then, if some op has no meta kernel, for real."""
+    torch = _require_torch()
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    x = _probe(model, input_shape, torch)
+    with _eval_mode(model), torch.no_grad():
+        try:
+            meta = {n: torch.empty_like(t, device="meta") for n, t in
+                    list(module.named_parameters()) + list(module.named_buffers())}
+            with _reparametrize_module(module, meta):
+                return run(x.to("meta"))
+        except Exception:  # noqa: BLE001 -- no meta kernel, tied weights...: run for real below
+            pass
+        try:
+            return run(x)
+        except Exception as e:
+            raise ValueError(f"the model does not run on input_shape={input_shape!r}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
 
 
 def _probe(model, input_shape, torch):
@@ -795,10 +812,7 @@ def _lower_hooks(model, input_shape, reason) -> tuple[list[_Step], int, tuple]:
                 lambda mod, i, o, qual=qual: calls.append((qual, mod, i[0].shape if i and torch.is_tensor(i[0])
                                                            else None, o.shape if torch.is_tensor(o) else None))))
     try:
-        with _eval_mode(model), torch.no_grad():
-            model(_probe(model, input_shape, torch))
-    except Exception as e:
-        raise ValueError(f"the model does not run on input_shape={input_shape!r}: {type(e).__name__}: {e}") from e
+        _run_shapes(model, model, input_shape, lambda x: (calls.clear(), model(x)))
     finally:
         for h in hooks:
             h.remove()
