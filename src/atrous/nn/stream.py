@@ -1,0 +1,338 @@
+"""Exact streaming inference for causal stacks: :func:`stream` turns a model into a stepper.
+
+The model is traced with ``torch.fx``; every causal convolution becomes a streaming convolution that
+keeps a ring buffer of exactly the ``(k - 1) * d`` past inputs it needs, everything else must be
+pointwise in time (activations, 1x1 convs, residual adds, gating, channel chunk/cat, eval-mode batch
+norm; dropout and identity are dropped). The result is an ordinary ``nn.Module`` whose forward is a
+pure function of ``(x_chunk, state)`` (so it scripts with TorchScript and exports to ONNX with the
+state as explicit inputs/outputs) -- the "fast WaveNet" queue idea of Paine et al. 2016
+("Fast Wavenet Generation Algorithm").
+
+State layout: ``state[0]`` is the time cursor ``t`` (int64, shape ``()``, samples consumed so far);
+``state[1 + i]`` is layer ``i``'s ring buffer ``(N, d_i, k_i - 1, C_in_i)``: exactly the
+``(k_i - 1) * d_i`` past samples, the input of time ``tau`` at ``[:, tau % d, (tau % L) // d]`` (see
+:class:`StreamConv1d`). A zero state equals the zero causal padding of the offline model.
+
+With ``inplace=True`` (default, fastest) :meth:`Stepper.step` writes the new samples into the given
+ring buffers and returns them (``Stepper.clone_state`` makes a snapshot to keep); with
+``inplace=False`` it returns new tensors and leaves its input state untouched (use this for
+``torch.onnx.export``/``torch.export``).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import warnings
+from typing import List, Tuple
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .. import geometry
+from .conv import _ConvNd
+
+__all__ = ["stream", "Stepper", "StreamConv1d"]
+
+_POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink,
+    nn.Softsign, nn.LogSigmoid,
+)
+_AS_FUNCTION = {nn.ReLU: torch.relu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
+_DROPPED_MODULES = (nn.Identity, nn.Dropout, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_POINTWISE_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
+    operator.imul, torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.tanh, torch.sigmoid,
+    torch.relu, torch.exp, torch.abs, torch.sin, torch.cos, torch.clamp, torch.square,
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.softplus,
+    F.hardtanh, F.hardswish, F.hardsigmoid, F.logsigmoid, F.tanh, F.sigmoid,
+}
+_POINTWISE_METHODS = {
+    "add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "abs", "clamp", "square",
+    "add_", "mul_", "relu_", "contiguous",
+}
+_CHANNEL_SPLITS = {torch.chunk, torch.split, "chunk", "split"}
+_CHANNEL_DIMS = (1, -2)
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _ConvNd) or super().is_leaf_module(m, qualname)
+
+
+class StreamConv1d(nn.Module):
+    """A causal 1-D convolution that consumes a chunk and updates its ring buffer.
+
+    ``forward(x (N, C_in, T), ring, t, ti) -> (y (N, C_out, T), ring')``. ``t`` is the cursor tensor,
+    ``ti`` the same cursor as a Python int in the fast in-place mode (``-1`` otherwise). Weights are a
+    snapshot of the source layer.
+
+    Ring layout ``(N, d, k - 1, C_in)``, ``L = (k - 1) * d`` samples: the input of time ``tau`` sits at
+    ``[:, tau % d, (tau % L) // d]``. The taps of step ``t`` (times ``t - d, ..., t - (k - 1) d``) all
+    share ``tau % d``, so they are one contiguous ``(k - 1, C_in)`` block (a view, no gather), rotated
+    by ``q = (t % L) // d`` -- matched by one of ``k - 1`` pre-rotated weight matrices -- and the new
+    sample overwrites the oldest, row ``q`` of that block.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias, dilation: int, groups: int, inplace: bool):
+        super().__init__()
+        c_out, c_in_g, k = weight.shape
+        self.k, self.dilation, self.groups, self.inplace = k, dilation, groups, inplace
+        self.history = geometry.effective_kernel(k, dilation) - 1          # L = (k - 1) * d
+        self.in_channels = c_in_g * groups
+        self.fast = inplace and groups == 1
+        w = weight.detach().clone()
+        b = torch.zeros(c_out, dtype=w.dtype, device=w.device) if bias is None else bias.detach().clone()
+        self.register_buffer("weight", w)
+        self.register_buffer("bias", b)
+        self.register_buffer("w_last", w[:, :, k - 1].t().contiguous())         # (C_in, C_out)
+        # w_rot[q][i * C_in + c, o] = w[o, c, (i - q) % (k - 1)]: block row i holds tap (i - q) % (k-1)
+        rows = torch.arange(k - 1)
+        rots = [w[:, :, (rows - q) % (k - 1)].permute(2, 1, 0).reshape(-1, c_out) for q in range(k - 1)]
+        self.register_buffer("w_rot", torch.stack(rots))                       # (k-1, (k-1) C_in, C_out)
+        self.register_buffer("arange", torch.arange(self.history))
+
+    def _slots(self, tau: torch.Tensor) -> torch.Tensor:
+        """Flat slot ``(tau % d) * (k - 1) + (tau % L) // d`` of times ``tau``."""
+        return (tau % self.dilation) * (self.k - 1) + torch.div(tau % self.history, self.dilation,
+                                                                 rounding_mode="floor")
+
+    def forward(self, x: torch.Tensor, ring: torch.Tensor, t: torch.Tensor, ti: int
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+        T, N, L = x.size(2), x.size(0), self.history
+        if T == 1 and self.fast and ti >= 0:                 # one sample, in place: views + 2 GEMMs
+            q = (ti % L) // self.dilation
+            block = ring.select(1, ti % self.dilation)         # (N, k - 1, C_in) contiguous rows
+            x2 = x.view(N, -1)                                 # (N, C_in)
+            y = torch.mm(x2, self.w_last)                      # (N, C_out); mm + in-place adds are
+            y.addmm_(block.reshape(N, -1), self.w_rot[q])      # ~3x cheaper than addmm with a 1-D bias
+            y.add_(self.bias)
+            block.select(1, q).copy_(x2)                       # newest replaces oldest
+            return y.unsqueeze(2), ring                        # (N, C_out, 1)
+        flat = ring.view(N, L, -1)                             # (N, L, C_in), slot order
+        past = flat.index_select(1, self._slots(self.arange + (t - L)))   # (N, L, C_in) oldest first
+        y = F.conv1d(torch.cat([past.transpose(1, 2), x], 2), self.weight, self.bias, 1, 0,
+                     self.dilation, self.groups)              # (N, C_out, T)
+        m = min(T, L)
+        slots = self._slots(torch.arange(m, device=x.device) + (t + (T - m)))
+        new = x[:, :, T - m:].transpose(1, 2)                  # (N, m, C_in)
+        if self.inplace:
+            flat.index_copy_(1, slots, new)
+            return y, ring
+        return y, flat.index_copy(1, slots, new).view(ring.shape)
+
+
+def _layer_desc(name: str, m: nn.Module) -> str:
+    return f"layer {name!r} ({type(m).__name__})"
+
+
+def _causal_conv_spec(name: str, m: nn.Module):
+    """``None`` for a pointwise conv (kept as is), ``(weight, bias, d, groups)`` for a causal one;
+    raises naming the layer otherwise."""
+    if isinstance(m, _ConvNd) and m._ndim == 1:
+        k, s, d = m.kernel_size[0], m.stride[0], m.dilation[0]
+        pad = m.pads((geometry.effective_kernel(k, d),))[0] if m._static else None
+        mode = m.padding_mode
+    elif isinstance(m, nn.Conv1d):
+        k, s, d = m.kernel_size[0], m.stride[0], m.dilation[0]
+        p = m.padding
+        pad = (0, 0) if p == "valid" else None if isinstance(p, str) else (p[0], p[0])
+        mode = m.padding_mode
+    else:
+        raise ValueError(f"stream: {_layer_desc(name, m)} is not a 1-D convolution; streaming "
+                         "supports 1-D causal stacks only")
+    if s != 1:
+        raise ValueError(f"stream: {_layer_desc(name, m)} has stride {s}; streaming needs stride 1")
+    span = geometry.effective_kernel(k, d) - 1
+    if span == 0 and pad == (0, 0):
+        return None
+    if pad != (span, 0) or mode != "zeros":
+        raise ValueError(
+            f"stream: {_layer_desc(name, m)} is not causal: kernel {k}, dilation {d} needs zero padding "
+            f"({span}, 0), got padding {getattr(m, 'padding', None)!r}, padding_mode {mode!r}")
+    return m.weight, m.bias, d, m.groups
+
+
+def _check_pointwise(node: fx.Node, split_nodes: set) -> None:
+    where = f"operation {node.format_node()!r}"
+    if node.op == "call_function":
+        if node.target in _POINTWISE_FUNCTIONS:
+            return
+        if node.target is operator.getitem and node.args[0] in split_nodes and isinstance(node.args[1], int):
+            return
+        if node.target in (torch.chunk, torch.split, torch.cat, torch.concat):
+            dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+            if dim in _CHANNEL_DIMS:
+                if node.target in (torch.chunk, torch.split):
+                    split_nodes.add(node)
+                return
+    elif node.op == "call_method":
+        if node.target in _POINTWISE_METHODS:
+            return
+        if node.target in ("chunk", "split"):
+            dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+            if dim in _CHANNEL_DIMS:
+                split_nodes.add(node)
+                return
+    raise ValueError(f"stream: {where} is not known to be pointwise in time; streaming supports "
+                     "causal convs, pointwise ops, residual adds and channel chunk/cat")
+
+
+class Stepper(nn.Module):
+    """Streaming version of a causal model (built by :func:`stream`).
+
+    ``state = s.init_state(batch_size)``; ``y, state = s.step(x, state)`` with ``x (N, C_in, T)``,
+    any ``T >= 1``, ``y (N, C_out, T)``. ``forward(x, state_list) -> (y, new_state_list)`` is the
+    same computation on a list (the form TorchScript and ONNX see).
+    """
+
+    def __init__(self, program: fx.GraphModule, convs: List[StreamConv1d], names: List[str],
+                 in_channels: int, inplace: bool, script: bool = False):
+        super().__init__()
+        if script:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                program = torch.jit.script(program)
+        self.program = program
+        self.in_channels = in_channels
+        self.inplace = inplace
+        self.ring_shapes = [(c.dilation, c.k - 1, c.in_channels) for c in convs]  # per layer, after N
+        self.layer_names = names
+        w = convs[0].weight
+        self.register_buffer("_ref", torch.empty(0, dtype=w.dtype, device=w.device), persistent=False)
+
+    @property
+    def history(self) -> List[int]:
+        """Ring-buffer length ``(k - 1) * d`` of each streaming layer, in state order."""
+        return [d * k1 for d, k1, _ in self.ring_shapes]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> Tuple[torch.Tensor, ...]:
+        """Zero state for ``batch_size`` sequences: ``(t, ring_0, ring_1, ...)``."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        device = self._ref.device if device is None else device
+        dtype = self._ref.dtype if dtype is None else dtype
+        rings = [torch.zeros(batch_size, *shape, device=device, dtype=dtype) for shape in self.ring_shapes]
+        return (torch.zeros((), dtype=torch.int64, device=device), *rings)
+
+    @staticmethod
+    def clone_state(state) -> Tuple[torch.Tensor, ...]:
+        """A snapshot of ``state`` (the in-place stepper overwrites the buffers it is given)."""
+        return tuple(s.clone() for s in state)
+
+    def step(self, x: torch.Tensor, state) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """Consume ``x (N, C_in, T)`` and return ``(y (N, C_out, T), new_state)``."""
+        if x.dim() != 3 or x.size(1) != self.in_channels or x.size(2) < 1:
+            raise ValueError(f"x must be (N, {self.in_channels}, T) with T >= 1, got {tuple(x.shape)}")
+        if len(state) != len(self.ring_shapes) + 1 or state[1].size(0) != x.size(0):
+            raise ValueError(f"state must be init_state(batch_size={x.size(0)}) of this stepper "
+                             f"({len(self.ring_shapes) + 1} tensors), got {len(state)} tensors "
+                             f"with batch {state[1].size(0) if len(state) > 1 else None}")
+        y, new = self.program(x, list(state))
+        return y, tuple(new)
+
+    def forward(self, x: torch.Tensor, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        return self.program(x, state)
+
+
+def stream(model: nn.Module, *, inplace: bool = True, script: bool = False) -> Stepper:
+    """Build an exact streaming stepper for a causal 1-D model (TCN, WaveNet, or any ``nn.Module`` of
+    causal :class:`atrous.nn.Conv1d` layers, pointwise ops and residual adds).
+
+    The model is copied and put in eval mode (the stepper snapshots its weights); the streamed output
+    equals ``model.eval()(x)`` on the concatenated sequence, for any chunking and batch size.
+    ``inplace=False`` makes ``step`` a pure function (for ONNX export); ``script=True`` runs the
+    program under TorchScript (less per-layer Python overhead: about 2-3x faster steps at batch 1).
+    Raises ``ValueError`` naming the first layer or operation that is not causal and pointwise-safe
+    (a strided or non-causal conv, pooling, slicing in time, ...).
+
+    >>> import torch, atrous.nn as ann
+    >>> tcn = ann.TCN(2, [8, 8], kernel_size=3).eval()
+    >>> s = ann.stream(tcn)
+    >>> x = torch.randn(3, 2, 10)                       # (N, C_in, T)
+    >>> state = s.init_state(batch_size=3)
+    >>> y1, state = s.step(x[:, :, :4], state)          # any chunk sizes
+    >>> y2, state = s.step(x[:, :, 4:], state)
+    >>> torch.allclose(torch.cat([y1, y2], 2), tcn(x), atol=1e-6)
+    True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    model = copy.deepcopy(model).eval()
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # data-dependent control flow etc.
+        raise ValueError(f"stream: could not trace the model with torch.fx: {e}") from e
+    modules = dict(model.named_modules())
+
+    g = fx.Graph()
+    x_in = g.placeholder("x")
+    state_in = g.placeholder("state", type_expr=List[torch.Tensor])
+    t = g.call_function(operator.getitem, (state_in, 0))
+    ti = g.call_function(int, (t,)) if inplace else -1
+    root: dict = {}
+    env: dict = {}
+    convs: List[StreamConv1d] = []
+    names: List[str] = []
+    outputs: List[fx.Node] = []
+    split_nodes: set = set()
+    in_channels = None
+    placeholders = 0
+    result = None
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            placeholders += 1
+            if placeholders > 1:
+                raise ValueError(f"stream: the model must take one input, got a second one {node.target!r}")
+            env[node] = x_in
+        elif node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, _DROPPED_MODULES):
+                env[node] = env[node.args[0]]
+            elif isinstance(m, (_ConvNd, nn.Conv1d)):
+                spec = _causal_conv_spec(node.target, m)
+                if in_channels is None:
+                    in_channels = m.in_channels
+                if spec is None:                                  # pointwise 1x1 conv: keep as is
+                    root[node.target] = m
+                    env[node] = g.node_copy(node, lambda n: env[n])
+                    continue
+                weight, bias, d, groups = spec
+                sc = StreamConv1d(weight, bias, d, groups, inplace)
+                name = f"stream{len(convs)}"
+                root[name] = sc
+                ring = g.call_function(operator.getitem, (state_in, 1 + len(convs)))
+                out = g.call_module(name, (env[node.args[0]], ring, t, ti))
+                env[node] = g.call_function(operator.getitem, (out, 0))
+                outputs.append(g.call_function(operator.getitem, (out, 1)))
+                convs.append(sc)
+                names.append(node.target)
+            elif type(m) in _AS_FUNCTION:                         # stateless: skip the module call
+                env[node] = g.call_function(_AS_FUNCTION[type(m)], (env[node.args[0]],))
+            elif isinstance(m, _POINTWISE_MODULES) or (isinstance(m, nn.BatchNorm1d) and m.track_running_stats):
+                root[node.target] = m
+                env[node] = g.node_copy(node, lambda n: env[n])
+            else:
+                raise ValueError(f"stream: {_layer_desc(node.target, m)} is not known to be causal and "
+                                 "pointwise in time")
+        elif node.op == "get_attr":
+            root[node.target] = operator.attrgetter(node.target)(model)
+            env[node] = g.node_copy(node, lambda n: env[n])
+        elif node.op in ("call_function", "call_method"):
+            _check_pointwise(node, split_nodes)
+            env[node] = g.node_copy(node, lambda n: env[n])
+        elif node.op == "output":
+            result = node.args[0]
+            if not isinstance(result, fx.Node):
+                raise ValueError("stream: the model must return a single tensor")
+    if not convs:
+        raise ValueError("stream: the model has no causal convolution with history to stream")
+    steps = g.call_method("size", (x_in, 2))
+    t_new = g.call_method("add_", (t, steps)) if inplace else g.call_function(operator.add, (t, steps))
+    g.output((env[result], [t_new] + outputs))
+    program = fx.GraphModule(root, g, class_name="StreamProgram")
+    return Stepper(program, convs, names, in_channels, inplace, script)
