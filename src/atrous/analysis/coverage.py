@@ -141,80 +141,112 @@ def _shift_sum(arr: np.ndarray, shifts: Sequence[int], axis: int) -> np.ndarray:
     return out
 
 
-def _walk(steps, ndim: int, target: int, nd: bool):
-    """Path-count maps at step ``target``: per node (origin per axis, jump per axis, arrays).
-
-    With ``nd`` the arrays are one N-D map; otherwise one 1-D marginal per axis.
-    """
+def _dtype(steps):
     bound = 1
     for st in steps:
         if st.kind == "map":
             bound *= math.prod(len(t.taps[0]) for t in st.maps if t is not None) or 1
         elif st.kind == "union":
             bound *= max(1, len(st.inputs))
-    dt = _dtype_for(bound)
+    return _dtype_for(bound)
+
+
+def _walk(steps, ndim: int, target: int, nd: bool):
+    """Path-count maps at step ``target``: (origin per axis, jump per axis, arrays).
+
+    With ``nd`` the arrays are one N-D map; otherwise one 1-D marginal per axis.
+    """
+    dt = _dtype(steps)
     states: list[Any] = []
     needed = _ancestors(steps, target)
     for i, st in enumerate(steps):
-        if i not in needed:
-            states.append(None)
-            continue
         ins = [states[j] for j in st.inputs if states[j] is not None]
-        if st.kind == "input":
-            arrs = np.ones((1,) * ndim, dt) if nd else [np.ones(1, dt) for _ in range(ndim)]
-            states.append(([0] * ndim, [1] * ndim, arrs))
-        elif not ins:
-            states.append(None)
-        elif st.kind == "map":
-            org, jmp, arrs = ins[0]
-            org, jmp = list(org), list(jmp)
-            arrs = arrs.copy() if nd else list(arrs)
-            for ax, t in enumerate(st.maps):
-                if t is None:
-                    continue
-                if t.a != 1:
-                    raise ValueError(
-                        f"coverage needs one output grid per node, but {st.name!r} "
-                        f"({st.info.get('type', '?')}) changes it (transposed convolution or upsampling); "
-                        "use receptive_field(...).phases for the field of each output phase")
-                shifts = [q * jmp[ax] for q in t.taps[0]]
-                if nd:
-                    arrs = _shift_sum(arrs, shifts, ax)
-                else:
-                    arrs[ax] = _shift_sum(arrs[ax], shifts, 0)
-                    for other in range(ndim):
-                        if other != ax:
-                            arrs[other] = arrs[other] * len(shifts)
-                org[ax] += min(shifts)
-                jmp[ax] *= t.b
-            states.append((org, jmp, arrs))
-        elif st.kind == "union":
-            if len(ins) == 1:
-                states.append(ins[0])
-                continue
-            jmps = {tuple(s[1]) for s in ins}
-            if len(jmps) > 1:
-                raise ValueError(f"branches meeting at {st.name!r} have different jumps {sorted(jmps)}")
-            org = [min(s[0][ax] for s in ins) for ax in range(ndim)]
-            if nd:
-                shape = [max(s[0][ax] + s[2].shape[ax] for s in ins) - org[ax] for ax in range(ndim)]
-                out = np.zeros(shape, dt)
-                for o, _, a in ins:
-                    out[tuple(slice(o[ax] - org[ax], o[ax] - org[ax] + a.shape[ax]) for ax in range(ndim))] += a
-                arrs = out
-            else:
-                arrs = []
-                for ax in range(ndim):
-                    n = max(s[0][ax] + len(s[2][ax]) for s in ins) - org[ax]
-                    out = np.zeros(n, dt)
-                    for o, _, a in ins:
-                        out[o[ax] - org[ax]:o[ax] - org[ax] + len(a[ax])] += a[ax]
-                    arrs.append(out)
-            states.append((org, list(ins[0][1]), arrs))
-        elif st.kind == "whole":
-            raise ValueError(f"{st.name!r} collapses space (global pooling/flatten/linear); coverage is "
-                             "reported at the last spatial node -- pass at=<node>")
+        states.append(_state(st, ins, ndim, nd, dt) if i in needed else None)
     return states[target]
+
+
+def _all_marginals(steps, ndim: int) -> list:
+    """Per step ``(covered, extent)`` tuples from the 1-D marginals, or None where undefined
+    (non-tensor nodes, collapsed space, transposed/upsampled grids and everything after them)."""
+    dt = _dtype(steps)
+    states: list[Any] = []
+    bad: set = set()
+    out = []
+    for i, st in enumerate(steps):
+        ins = [states[j] for j in st.inputs if states[j] is not None]
+        s = None
+        if not any(j in bad for j in st.inputs):
+            try:
+                s = _state(st, ins, ndim, False, dt)
+            except ValueError:
+                bad.add(i)
+        else:
+            bad.add(i)
+        states.append(s)
+        if s is None:
+            out.append(None)
+            continue
+        stats = [_stats(a[np.flatnonzero(a)[0]:np.flatnonzero(a)[-1] + 1]) for a in s[2]]
+        ext = [int(np.flatnonzero(a)[-1] - np.flatnonzero(a)[0] + 1) for a in s[2]]
+        out.append((tuple(c for c, _, _ in stats), tuple(ext)))
+    return out
+
+
+def _state(st, ins, ndim, nd, dt):
+    """One step of the path-count walk (raises ValueError where coverage is undefined)."""
+    if st.kind == "input":
+        arrs = np.ones((1,) * ndim, dt) if nd else [np.ones(1, dt) for _ in range(ndim)]
+        return [0] * ndim, [1] * ndim, arrs
+    if not ins:
+        return None
+    if st.kind == "map":
+        org, jmp, arrs = ins[0]
+        org, jmp = list(org), list(jmp)
+        arrs = arrs.copy() if nd else list(arrs)
+        for ax, t in enumerate(st.maps):
+            if t is None:
+                continue
+            if t.a != 1:
+                raise ValueError(
+                    f"coverage needs one output grid per node, but {st.name!r} "
+                    f"({st.info.get('type', '?')}) changes it (transposed convolution or upsampling); "
+                    "use receptive_field(...).phases for the field of each output phase")
+            shifts = [q * jmp[ax] for q in t.taps[0]]
+            if nd:
+                arrs = _shift_sum(arrs, shifts, ax)
+            else:
+                arrs[ax] = _shift_sum(arrs[ax], shifts, 0)
+                for other in range(ndim):
+                    if other != ax:
+                        arrs[other] = arrs[other] * len(shifts)
+            org[ax] += min(shifts)
+            jmp[ax] *= t.b
+        return org, jmp, arrs
+    if st.kind == "union":
+        if len(ins) == 1:
+            return ins[0]
+        jmps = {tuple(s[1]) for s in ins}
+        if len(jmps) > 1:
+            raise ValueError(f"branches meeting at {st.name!r} have different jumps {sorted(jmps)}")
+        org = [min(s[0][ax] for s in ins) for ax in range(ndim)]
+        if nd:
+            shape = [max(s[0][ax] + s[2].shape[ax] for s in ins) - org[ax] for ax in range(ndim)]
+            out = np.zeros(shape, dt)
+            for o, _, a in ins:
+                out[tuple(slice(o[ax] - org[ax], o[ax] - org[ax] + a.shape[ax]) for ax in range(ndim))] += a
+            arrs = out
+        else:
+            arrs = []
+            for ax in range(ndim):
+                n = max(s[0][ax] + len(s[2][ax]) for s in ins) - org[ax]
+                out = np.zeros(n, dt)
+                for o, _, a in ins:
+                    out[o[ax] - org[ax]:o[ax] - org[ax] + len(a[ax])] += a[ax]
+                arrs.append(out)
+        return org, list(ins[0][1]), arrs
+    # "whole"
+    raise ValueError(f"{st.name!r} collapses space (global pooling/flatten/linear); coverage is "
+                     "reported at the last spatial node -- pass at=<node>")
 
 
 def _ancestors(steps, target):
