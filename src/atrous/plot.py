@@ -17,6 +17,62 @@ def _plt():
 
 # --- analysis figures (coverage / path counts / field growth) ---
 
+def analysis_field(data, path):
+    """Path-count map of the output's receptive field (holes in red) and the field size per layer.
+
+    ``data`` is what ``atrous show`` saves (:func:`atrous.analysis.commands.show_data`): ``coverage``
+    (``Coverage.to_dict()``), optional ``path_counts_2d`` and ``layers`` (name, size, covered). The
+    figure is written atomically.
+
+    >>> import tempfile, os, atrous
+    >>> from atrous.analysis.commands import show_data, parse_layers
+    >>> d = show_data(parse_layers("k3d1,k3d2,k3d8"))
+    >>> p = os.path.join(tempfile.mkdtemp(), "f.png"); analysis_field(d, p); os.path.getsize(p) > 0
+    True
+    """
+    import numpy as np
+    plt = _plt()
+    cov = data["coverage"]
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.3, 1]})
+    if "path_counts_2d" in data:
+        m = np.asarray(data["path_counts_2d"], dtype=np.float64)
+        off = cov["offset"]
+        img = np.where(m > 0, np.log10(np.maximum(m, 1)), np.nan)
+        cmap = plt.get_cmap("viridis").with_extremes(bad="tab:red")
+        extent = (off[1] - 0.5, off[1] + m.shape[1] - 0.5, off[0] + m.shape[0] - 0.5, off[0] - 0.5)
+        im = a0.imshow(img, cmap=cmap, extent=extent, interpolation="nearest")
+        fig.colorbar(im, ax=a0, label="log10 path count (red: hole)")
+        a0.set_xlabel("input offset, axis 1")
+        a0.set_ylabel("input offset, axis 0")
+    else:
+        for ax_i, (pc, off) in enumerate(zip(cov["path_counts"], cov["offset"])):
+            pc = np.asarray(pc, dtype=np.float64)
+            x = off + np.arange(len(pc))
+            a0.bar(x, pc, width=1.0, alpha=0.7, label=f"axis {ax_i}")
+            holes = x[pc == 0]
+            a0.plot(holes, np.zeros_like(holes), "|", color="tab:red", ms=12,
+                    label="hole" if ax_i == 0 and len(holes) else None)
+        a0.set_xlabel("input offset from output 0")
+        a0.set_ylabel("paths")
+        a0.legend(fontsize=8)
+    a0.set_title(f"{cov['name'] or 'output'}: extent {cov['extent']}, covered {cov['covered']}, "
+                 f"cv {', '.join(f'{c:.2f}' for c in cov['cv'])}", fontsize=9)
+    layers = data["layers"]
+    x = np.arange(1, len(layers) + 1)
+    ndim = len(layers[0]["size"]) if layers else 0
+    for ax_i in range(ndim):
+        a1.plot(x, [r["size"][ax_i] for r in layers], marker="o", label=f"size, axis {ax_i}")
+        cv = [r["covered"][ax_i] if r["covered"] else np.nan for r in layers]
+        a1.plot(x, cv, marker="x", linestyle="--", label=f"covered, axis {ax_i}")
+    a1.set_xticks(x)
+    a1.set_xticklabels([r["name"] for r in layers], rotation=60, ha="right", fontsize=7)
+    a1.set_ylabel("input samples")
+    a1.set_title("receptive field per layer", fontsize=9)
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=8)
+    _save_atomic(fig, path)
+
+
 
 # --- compare figures (accuracy vs params/MACs, field pictures, learning curves) ---
 # Each takes the summary rows of atrous.compare.report.summarize (built from results.jsonl) and
