@@ -21,6 +21,15 @@ from atrous import Layer, geometry as geo
 
 D = torch.float64     # test precision (explicit: never change torch's global default dtype)
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread avoids thread-pool overhead on a shared machine (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 # ---------------------------------------------------------------- oracles
 
@@ -411,3 +420,66 @@ def test_unsupported_node_is_a_clear_error():
     with pytest.raises(ValueError, match="cannot compute the receptive field through node"):
         atrous.receptive_field(Perm(), (1, 1, 4, 6))
 
+
+
+def test_atrous_nn_convs_strided_same_and_causal_brute_force():
+    an = pytest.importorskip("atrous.nn")
+    net = _positive(nn.Sequential(an.Conv2d(1, 2, 3, padding="causal", stride=2),
+                                  an.Conv2d(2, 1, (3, 2), padding="same", stride=(2, 1), dilation=(3, 2))))
+    shape = (1, 1, 37, 23)
+    rf = atrous.receptive_field(net, shape)
+    assert not rf.notes            # traced (conv-like modules are leaves), no fallback
+    check_interior(net, shape, rf)
+    one = _positive(an.Conv1d(1, 1, 3, stride=2, dilation=2))
+    rf1 = atrous.receptive_field(one, (1, 1, 16))
+    check_interior(one, (1, 1, 16), rf1)
+
+
+def test_weight_normed_conv_is_read_as_a_conv():
+    from torch.nn.utils.parametrizations import weight_norm
+    net = _positive(nn.Sequential(weight_norm(nn.Conv1d(1, 2, 3, dilation=2)), nn.ReLU(),
+                                  weight_norm(nn.Conv1d(2, 1, 3, dilation=4, padding=4))))
+    rf = atrous.receptive_field(net, (1, 1, 40))
+    assert rf.size == (13,) and not rf.notes
+    check_interior(net, (1, 1, 40), rf)
+
+
+def resnet50_1d(w=1):
+    """ResNet-50's layout (He et al. 2016; stride on the 3x3 conv, as torchvision) in 1-D, tiny widths."""
+    class Block(nn.Module):
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            self.conv1 = nn.Conv1d(cin, width, 1)
+            self.conv2 = nn.Conv1d(width, width, 3, stride=stride, padding=1)
+            self.conv3 = nn.Conv1d(width, 4 * width, 1)
+            self.down = nn.Conv1d(cin, 4 * width, 1, stride=stride) if (stride, cin) != (1, 4 * width) else None
+
+        def forward(self, x):
+            idt = x if self.down is None else self.down(x)
+            return torch.relu(self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x))))) + idt)
+
+    layers = [nn.Conv1d(1, w, 7, 2, 3), nn.ReLU(), nn.MaxPool1d(3, 2, 1)]
+    cin = w
+    for blocks, stride in ((3, 1), (4, 2), (6, 2), (3, 2)):
+        for b in range(blocks):
+            layers.append(Block(cin, w, stride if b == 0 else 1))
+            cin = 4 * w
+    return nn.Sequential(*layers)
+
+
+def test_resnet50_layout_field_427_jump_32_brute_force():
+    net = _positive(resnet50_1d())
+    rf = atrous.receptive_field(net, (1, 1, 512))
+    assert rf.size == (427,) and rf.jump == (32,)
+    # brute force through the same net with average pooling in place of max pooling
+    avg = copy_with_avg_1d(net)
+    check_interior(avg, (1, 1, 512), rf, max_outputs=2)
+
+
+def copy_with_avg_1d(model):
+    import copy
+    model = copy.deepcopy(model)
+    for i, m in enumerate(model):
+        if isinstance(m, nn.MaxPool1d):
+            model[i] = nn.AvgPool1d(m.kernel_size, m.stride, m.padding)
+    return model

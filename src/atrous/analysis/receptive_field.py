@@ -432,8 +432,15 @@ def _lower_torch(model, input_shape) -> tuple[list[_Step], int, tuple]:
     ndim = len(input_shape) - 2
     if not list(model.children()):     # a bare layer: trace it as a one-module model (named "0")
         model = torch.nn.Sequential(model)
+    class _Tracer(fx.Tracer):
+        # conv-like modules (atrous.nn.Conv*d, weight-normed/parametrized convs) stay leaves:
+        # their geometry is read from their attributes, whatever their forward does
+        def is_leaf_module(self, m, qualname):
+            return _conv_like(m, ndim) or super().is_leaf_module(m, qualname)
+
     try:
-        gm = fx.symbolic_trace(model)
+        graph = _Tracer().trace(model)
+        gm = fx.GraphModule(model, graph)
     except Exception as e:  # noqa: BLE001 -- any tracing failure falls back to hooks
         return _lower_hooks(model, input_shape, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
     modules = dict(gm.named_modules())
@@ -569,6 +576,17 @@ def _lower_node(node, modules, ndim, name, ins, torch) -> _Step:
             st = conv(m.kernel_size, m.stride, m.dilation, m.padding, typ)
             st.note = note
             return st
+        if _conv_like(m, ndim):
+            k, st_, d = (geo.normalize_tuple(tuple(v) if isinstance(v, (list, tuple)) else v, ndim, nm)
+                         for v, nm in ((m.kernel_size, "kernel"), (m.stride, "stride"), (m.dilation, "dilation")))
+            if callable(getattr(m, "pads", None)):
+                pads = tuple(tuple(p) for p in m.pads(tuple(in_sp)))
+            else:
+                pad = m.padding if isinstance(m.padding, (str, int)) else tuple(m.padding)
+                pads = geo.resolve_padding(pad, in_sp, k, st_, d, getattr(m, "causal_axes", (0,)))
+            return _Step(name, "map", single, _conv_maps(k, st_, d, pads),
+                         info={"type": typ, "kernel": k, "stride": st_, "dilation": d,
+                               "padding": tuple(p[0] for p in pads)})
         if isinstance(m, nn.modules.conv._ConvTransposeNd):
             k, s, d = m.kernel_size, m.stride, m.dilation
             maps = tuple(_TapMap(si, 1, geo.transpose_tap_offsets(ki, si, di, pi))
@@ -694,6 +712,26 @@ def _lower_node(node, modules, ndim, name, ins, torch) -> _Step:
     _unknown(node, name)
 
 
+def _conv_like(m, ndim) -> bool:
+    """A convolution we can read: kernel_size/stride/dilation/padding attributes, a weight of rank
+    ndim + 2, not transposed, no submodules doing more work (e.g. atrous.nn.Conv1d, parametrized convs)."""
+    import torch.nn as nn
+    if isinstance(m, nn.modules.conv._ConvNd) and not getattr(m, "transposed", False):
+        return False      # handled by the nn.Conv branch
+    if isinstance(m, nn.modules.conv._ConvNd) or getattr(m, "transposed", False):
+        return False
+    if not all(hasattr(m, a) for a in ("kernel_size", "stride", "dilation", "padding")):
+        return False
+    # read the weight's rank without touching attributes (fx turns parameter access into proxies)
+    w = m._parameters.get("weight")
+    rank = w.dim() if w is not None else 0
+    par = m._modules.get("parametrizations")
+    if w is None and par is not None and "weight" in par:
+        rank = max((p.dim() for p in par["weight"].parameters()), default=0)
+    kids = [c for n, c in m.named_children() if n != "parametrizations"]
+    return rank == ndim + 2 and not kids
+
+
 def _tup(v):
     return tuple(v) if isinstance(v, (list, tuple)) else v
 
@@ -806,8 +844,11 @@ def _lower_hooks(model, input_shape, reason) -> tuple[list[_Step], int, tuple]:
     ndim = len(input_shape) - 2
     calls = []
     hooks = []
+    conv_like = [q for q, m in model.named_modules() if _conv_like(m, ndim)]
     for qual, m in model.named_modules():
-        if len(list(m.children())) == 0:
+        if any(qual.startswith(c + ".") for c in conv_like):
+            continue                                   # inside a conv (e.g. its weight parametrization)
+        if len(list(m.children())) == 0 or qual in conv_like:
             hooks.append(m.register_forward_hook(
                 lambda mod, i, o, qual=qual: calls.append((qual, mod, i[0].shape if i and torch.is_tensor(i[0])
                                                            else None, o.shape if torch.is_tensor(o) else None))))
