@@ -231,7 +231,8 @@ class Stepper(nn.Module):
             raise ValueError(f"state must be init_state(batch_size={x.size(0)}) of this stepper "
                              f"({len(self.ring_shapes) + 1} tensors), got {len(state)} tensors "
                              f"with batch {state[1].size(0) if len(state) > 1 else None}")
-        y, new = self.program(x, list(state))
+        with torch.no_grad():
+            y, new = self.program(x, list(state))
         return y, tuple(new)
 
     def forward(self, x: torch.Tensor, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
@@ -262,6 +263,8 @@ def stream(model: nn.Module, *, inplace: bool = True, script: bool = False) -> S
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()
+    for p in model.parameters():            # inference only: no autograd history through the rings
+        p.requires_grad_(False)
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)

@@ -1,0 +1,229 @@
+"""atrous.nn.stream: chunked streaming equals the offline model (float64 1e-10, float32 1e-5) for any
+chunking and batch size; errors name the offending layer; state save/restore; TorchScript; ONNX
+(run step by step with onnxruntime)."""
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+import atrous.nn as ann
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny convolutions are latency-bound: one thread avoids OpenMP stalls on the shared 2 cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_stream(stepper, x, chunks):
+    state = stepper.init_state(x.shape[0])
+    ys, i = [], 0
+    for c in chunks:
+        y, state = stepper.step(x[:, :, i:i + c], state)
+        ys.append(y)
+        i += c
+    return torch.cat(ys, 2), state
+
+
+def chunking(draw, total):
+    out = []
+    while sum(out) < total:
+        out.append(min(draw(st.integers(1, 9)), total - sum(out)))
+    return out
+
+
+class GatedCausal(nn.Module):
+    """A hand-made causal net: gating, channel cat, residual adds, 1x1 convs, eval batch norm, GELU."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = ann.Conv1d(3, 8, 2, padding="causal", dilation=3)
+        self.b = nn.Conv1d(4, 4, 1)
+        self.c = ann.Conv1d(8, 3, 3, padding=((4, 0),), dilation=2, groups=1)
+        self.g = ann.Conv1d(3, 6, 3, padding="causal", dilation=1, groups=3)
+        self.bn = nn.BatchNorm1d(3)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        f, g = self.a(x).chunk(2, dim=1)
+        h = torch.tanh(f) * torch.sigmoid(g)
+        h = torch.cat([self.b(h), h], dim=1)
+        y = self.act(self.bn(self.c(h))) + x
+        return self.g(y) * 0.5
+
+
+@st.composite
+def models(draw):
+    kind = draw(st.sampled_from(["tcn", "wavenet", "gated"]))
+    torch.manual_seed(draw(st.integers(0, 100)))
+    if kind == "tcn":
+        depth = draw(st.integers(1, 3))
+        return ann.TCN(3, [draw(st.integers(2, 5)) for _ in range(depth)], draw(st.integers(2, 4)),
+                       [draw(st.integers(1, 6)) for _ in range(depth)], dropout=0.2,
+                       weight_norm=draw(st.booleans()))
+    if kind == "wavenet":
+        return ann.WaveNet(3, 2, residual_channels=4, gate_channels=3, skip_channels=5,
+                           kernel_size=draw(st.integers(2, 3)), layers_per_stack=draw(st.integers(1, 4)),
+                           stacks=draw(st.integers(1, 2)))
+    m = GatedCausal()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.5, 2)
+    return m
+
+
+@settings(max_examples=25)
+@given(models(), st.integers(1, 3), st.booleans(), st.data())
+def test_stream_equals_offline_float64(model, batch, inplace, data):
+    model = model.double().eval()
+    length = data.draw(st.integers(1, 40))
+    x = torch.randn(batch, 3, length, dtype=torch.float64)
+    want = model(x)
+    got, state = run_stream(ann.stream(model, inplace=inplace), x, chunking(data.draw, length))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert int(state[0]) == length
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 64, 200])
+def test_stream_equals_offline_float32_every_chunk_size(chunk):
+    torch.manual_seed(0)
+    model = ann.TCN(3, [8, 8, 8], 3, [1, 4, 16]).eval()
+    x = torch.randn(2, 3, 200)
+    got, _ = run_stream(ann.stream(model), x, [chunk] * (200 // chunk) + [200 % chunk] * (200 % chunk > 0))
+    torch.testing.assert_close(got, model(x), rtol=0, atol=1e-5)
+
+
+def test_ring_buffers_hold_exactly_the_history():
+    model = ann.TCN(3, [4, 5], kernel_size=3, dilations=[2, 7])
+    s = ann.stream(model)
+    state = s.init_state(4)
+    assert s.history == [4, 4, 14, 14]
+    assert [r.shape for r in state[1:]] == [(4, 2, 2, 3), (4, 2, 2, 4), (4, 7, 2, 4), (4, 7, 2, 5)]
+    assert [r[0].numel() // r.shape[-1] for r in state[1:]] == s.history     # (k - 1) * d samples each
+
+
+def test_state_save_restore_and_move():
+    torch.manual_seed(1)
+    model = ann.WaveNet(3, 2, residual_channels=4, layers_per_stack=4).double().eval()
+    s = ann.stream(model)
+    x = torch.randn(2, 3, 30, dtype=torch.float64)
+    _, state = run_stream(s, x[:, :, :12], [5, 7])
+    buf = io.BytesIO()
+    torch.save(s.clone_state(state), buf)
+    y1, _ = s.step(x[:, :, 12:], state)                     # continues (and overwrites) the state
+    buf.seek(0)
+    restored = torch.load(buf, weights_only=True)
+    y2, _ = s.step(x[:, :, 12:], restored)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    torch.testing.assert_close(y1, model(x)[:, :, 12:], rtol=0, atol=1e-10)
+    s32 = ann.stream(model.float()).to("cpu")
+    assert all(t.dtype == torch.float32 for t in s32.init_state(1)[1:])
+
+
+def test_functional_step_leaves_state_untouched():
+    model = ann.TCN(3, [4], 3, [2]).eval()
+    s = ann.stream(model, inplace=False)
+    state = s.init_state(1)
+    snapshot = s.clone_state(state)
+    s.step(torch.randn(1, 3, 3), state)
+    assert all(torch.equal(a, b) for a, b in zip(state, snapshot))
+
+
+def test_torchscript_stepper():
+    torch.manual_seed(2)
+    model = ann.TCN(3, [4, 4], 3).eval()
+    x = torch.randn(2, 3, 25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = ann.stream(model, script=True)
+        scripted = torch.jit.script(ann.stream(model))             # the whole Stepper module
+    got, _ = run_stream(s, x, [1, 1, 3, 20])
+    torch.testing.assert_close(got, model(x), rtol=0, atol=1e-5)
+    state = list(ann.stream(model).init_state(2))
+    ys = []
+    for i in range(25):
+        y, state = scripted(x[:, :, i:i + 1], state)
+        ys.append(y)
+    torch.testing.assert_close(torch.cat(ys, 2), model(x), rtol=0, atol=1e-5)
+
+
+def test_onnx_export_step_by_step():
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(3)
+    model = ann.WaveNet(2, 2, residual_channels=4, layers_per_stack=3).eval()
+    s = ann.stream(model, inplace=False)
+    state = s.init_state(2)
+    names = ["x"] + [f"state{i}" for i in range(len(state))]
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(s, (torch.randn(2, 2, 1), list(state)), f, dynamo=False, input_names=names,
+                          output_names=["y"] + [f"new_state{i}" for i in range(len(state))])
+    sess = ort.InferenceSession(f.getvalue())
+    x = torch.randn(2, 2, 20)
+    feed = [v.numpy() for v in state]
+    ys = []
+    for i in range(20):
+        out = sess.run(None, dict(zip(names, [x[:, :, i:i + 1].numpy()] + feed)))
+        ys.append(out[0])
+        feed = out[1:]
+    np.testing.assert_allclose(np.concatenate(ys, 2), model(x).detach().numpy(), rtol=0, atol=1e-5)
+
+
+class Strided(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal"), ann.Conv1d(2, 2, 3, stride=2, padding="causal"))
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class Sliced(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(2, 2, 3, padding=2)
+
+    def forward(self, x):
+        return self.conv(x)[:, :, :-2]                     # Bai's Chomp1d: causal, but not streamable here
+
+
+BAD = [
+    (lambda: nn.Sequential(ann.Conv1d(2, 2, 3, padding="same")), "layer '0' \\(Conv1d\\) is not causal"),
+    (lambda: Strided(), "layer 'inner.1' \\(Conv1d\\) has stride 2"),
+    (lambda: nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal"), nn.MaxPool1d(2)),
+     "layer '1' \\(MaxPool1d\\) is not known"),
+    (lambda: nn.Sequential(nn.Conv1d(2, 2, 3, padding=1)), "layer '0' \\(Conv1d\\) is not causal"),
+    (lambda: Sliced(), "layer 'conv' \\(Conv1d\\) is not causal"),
+    (lambda: nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal", padding_mode="replicate")), "padding_mode"),
+    (lambda: nn.Sequential(ann.Conv2d(2, 2, 3, padding="causal")), "not a 1-D convolution"),
+    (lambda: nn.Sequential(nn.ReLU()), "no causal convolution"),
+]
+
+
+@pytest.mark.parametrize("make,match", BAD)
+def test_non_streamable_layers_are_named(make, match):
+    with pytest.raises(ValueError, match=match):
+        ann.stream(make())
+
+
+def test_bad_step_input():
+    s = ann.stream(ann.TCN(3, [4], 3))
+    state = s.init_state(2)
+    with pytest.raises(ValueError, match=r"x must be \(N, 3, T\)"):
+        s.step(torch.randn(2, 4, 5), state)
+    with pytest.raises(ValueError, match="batch_size=1"):
+        s.step(torch.randn(1, 3, 5), state)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        s.init_state(0)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        ann.stream(lambda x: x)
