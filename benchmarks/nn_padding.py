@@ -1,0 +1,91 @@
+"""Overhead of atrous.nn.Conv*d's padding modes vs a hand-written nn.Conv*d with the same padding.
+
+    python benchmarks/nn_padding.py [--repeat 7] [--threads 1]
+
+The hand-written twin: symmetric padding -> ``nn.Conv*d(padding=p)``; asymmetric -> one ``F.pad``
+then ``nn.Conv*d(padding=0)`` (what you would write by hand). Same weights, outputs checked equal.
+Forward time is the best of --repeat runs (each a loop sized to ~0.1 s), alternating the two so that
+load from other processes hits both. Target: ratio ours / hand <= 1.05 on every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import atrous.nn as ann
+from atrous import geometry
+
+# (name, N, C, spatial, kernel, stride, dilation, padding)
+CASES = [
+    ("2d same d2 N8 C64 64x64", 8, 64, (64, 64), 3, 1, 2, "same"),
+    ("2d same s2 d2 N8 C64 64x64 (asym)", 8, 64, (64, 64), 3, 2, 2, "same"),
+    ("2d causal d4 N8 C32 64x64 (asym)", 8, 32, (64, 64), 3, 1, 4, "causal"),
+    ("1d causal d8 N8 C64 L4096 (asym)", 8, 64, (4096,), 3, 1, 8, "causal"),
+    ("1d causal d2 N1 C16 L256 (tiny)", 1, 16, (256,), 3, 1, 2, "causal"),
+    ("1d same k4 N1 C16 L256 (tiny, asym)", 1, 16, (256,), 4, 1, 1, "same"),
+    ("3d full d2 N2 C16 16^3", 2, 16, (16, 16, 16), 3, 1, 2, "full"),
+]
+
+
+class HandWritten(nn.Module):
+    def __init__(self, conv: nn.Module, pairs):
+        super().__init__()
+        self.sym = all(lo == hi for lo, hi in pairs)
+        self.conv = conv
+        self.pad = [v for lo, hi in reversed(pairs) for v in (lo, hi)]
+
+    def forward(self, x):
+        return self.conv(x) if self.sym else self.conv(F.pad(x, self.pad))
+
+
+def build(n, c, spatial, k, s, d, padding):
+    nd = len(spatial)
+    ours = (ann.Conv1d, ann.Conv2d, ann.Conv3d)[nd - 1](c, c, k, stride=s, padding=padding, dilation=d)
+    pairs = geometry.resolve_padding(padding, spatial, (k,) * nd, (s,) * nd, (d,) * nd)
+    sym = all(lo == hi for lo, hi in pairs)
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[nd - 1](c, c, k, stride=s, dilation=d,
+                                                     padding=tuple(lo for lo, _ in pairs) if sym else 0)
+    conv.load_state_dict(ours.state_dict())
+    return ours.eval(), HandWritten(conv, pairs).eval(), torch.randn(n, c, *spatial)
+
+
+def loop_time(fn, x, iters):
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn(x)
+    return (time.perf_counter() - t0) / iters
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {args.threads}, float32 forward, best of {args.repeat}")
+    print(f"{'case':<38} {'hand us':>10} {'atrous us':>10} {'ours/hand':>10}")
+    worst = 0.0
+    with torch.no_grad():
+        for name, n, c, spatial, k, s, d, padding in CASES:
+            ours, hand, x = build(n, c, spatial, k, s, d, padding)
+            torch.testing.assert_close(ours(x), hand(x), rtol=0, atol=0)
+            once = loop_time(hand, x, 3)
+            iters = max(3, int(0.1 / max(once, 1e-7)))
+            best_h = best_o = float("inf")
+            for _ in range(args.repeat):
+                best_h = min(best_h, loop_time(hand, x, iters))
+                best_o = min(best_o, loop_time(ours, x, iters))
+            ratio = best_o / best_h
+            worst = max(worst, ratio)
+            print(f"{name:<38} {best_h * 1e6:>10.1f} {best_o * 1e6:>10.1f} {ratio:>10.3f}")
+    print(f"worst ratio {worst:.3f} (target <= 1.05)")
+    return worst
+
+
+if __name__ == "__main__":
+    main()
