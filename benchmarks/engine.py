@@ -78,15 +78,18 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="run the shapes whose name contains this")
     ap.add_argument("--strategy", default=None, choices=("tap", "im2col", "elementwise"),
                     help="force one engine strategy (default: the engine's choice)")
+    ap.add_argument("--serial", action="store_true",
+                    help="no chunk thread pool: chunks in sequence with multi-threaded BLAS")
     args = ap.parse_args(argv)
     torch = require("torch")
     info, threads = blas_info()
     torch.set_num_threads(threads)
     print(f"numpy {np.__version__} BLAS: {info}; torch {torch.__version__} threads "
           f"{torch.get_num_threads()}; float32")
-    if args.strategy:
-        import importlib
-        importlib.import_module("atrous.conv")._FORCE = args.strategy
+    import importlib
+    engine = importlib.import_module("atrous.conv")
+    engine._FORCE = args.strategy
+    engine._PARALLEL = not args.serial
     rows = []
     rng = np.random.default_rng(0)
     for name, n, cin, cout, sp, k, d, pad, g in SHAPES:

@@ -27,22 +27,26 @@ strategy, better when ``C_in`` is small), or a broadcast multiply-add for depthw
 ("elementwise"). Outputs are computed on the phase grid and the rows that are not real outputs are
 cropped at the end. Rows are processed in chunks whose temporary buffers stay under the memory
 budget (:func:`set_memory_budget`); besides the chunk buffers the engine holds one padded copy of
-the input and the output on the phase grid (both proportional to the arrays themselves).
+the input and the output on the phase grid (both proportional to the arrays themselves). Big calls
+run their chunks on a small thread pool with single-threaded BLAS when ``threadpoolctl`` is
+installed, because NumPy's copies and additions are otherwise single-threaded.
 
 Backward, derived next to the forward
 -------------------------------------
 With the forward written per tap as ``y[row] = sum_j W_j x[row + off_j]`` (rows restricted to real
-outputs), the chain rule gives, for a loss with ``gy = dL/dy`` placed on the same grid (zeros on rows
-that are not real outputs):
+outputs) and ``gy = dL/dy`` placed on the same grid (zeros on rows that are not real outputs), the
+chain rule gives:
 
 * ``dL/dW_j = sum_row gy[row] x[row + off_j]^T`` -- a correlation of the input with the output
   gradient: the output gradient plays the kernel, stepping by the *dilation* ``d`` over the input
   while the output index steps by the *stride*: stride and dilation exchanged. One GEMM per tap with
   the long axis (rows) as the reduction axis.
-* ``dL/dx[row + off_j] += W_j^T gy[row]`` -- a scatter-add of every tap, i.e. the *transposed
-  convolution* of ``gy`` (zero-inserted by the stride, kernel flipped, same dilation). Undoing the
-  phase split and dropping the padding (including the asymmetric pads of ``"same"`` and
-  ``"causal"``) gives ``grad_x``. :func:`conv_transpose` is exactly this operator.
+* ``dL/dx[r] = sum_j W_j^T gy[r - off_j]`` over the taps ``j`` whose phase holds ``r`` -- the
+  *transposed convolution* of ``gy`` (zero-inserted by the stride: the phases; kernel flipped: the
+  offsets ``-off_j``; same dilation). It is computed like the forward, as a gather with the roles of
+  ``x`` and ``y`` swapped, so every row of ``dx`` is written by one chunk. Undoing the phase split
+  and dropping the padding (including the asymmetric pads of ``"same"`` and ``"causal"``) gives
+  ``grad_x``. :func:`conv_transpose` is exactly this operator.
 * ``dL/db = sum over N and spatial of gy``.
 """
 
@@ -238,12 +242,16 @@ def _layout(spec) -> _Layout:
     return _Layout(math.prod(spec.stride), sph, rs, math.prod(sph), taps, last)
 
 
-def _tasks(spec, lay, acc_channels, rows_cap, whole=False):
+def _tasks(spec, lay, row_elems, rows_cap, workers=1, whole=False):
     """Row ranges ``[r0, r1)`` covering the real output rows of every sample (every row if
-    ``whole``); small samples are merged and long ranges cut so that a range has at most
-    ``rows_cap`` rows (the memory budget) and about ``_CHUNK_ELEMS`` accumulator elements."""
+    ``whole``). Small samples are merged and long ranges cut so that a range has at most
+    ``rows_cap`` rows (the memory budget), about ``_CHUNK_ELEMS`` buffer elements (``row_elems``
+    per row, to stay in cache), and there are a few ranges per worker thread."""
     span = lay.P if whole else lay.last + 1
-    target = max(1, min(rows_cap, max(_MIN_ROWS, _CHUNK_ELEMS // max(acc_channels, 1))))
+    target = min(rows_cap, max(_MIN_ROWS, _CHUNK_ELEMS // max(row_elems, 1)))
+    if workers > 1:
+        target = min(target, max(_MIN_ROWS // 4, -(-spec.n * span // (3 * workers))))
+    target = max(1, target)
     merged, cur = [], None
     for i in range(spec.n):
         a, b = i * lay.P, i * lay.P + span
@@ -318,11 +326,11 @@ def _phase_slices(spec, lay):
     return out
 
 
-def _to_phases(x, spec, lay):
-    """(N, C, *spatial) -> zero-padded phase layout (nph, C, N*P)."""
+def _to_phases(x, spec, lay, tail=0):
+    """(N, C, *spatial) -> zero-padded phase layout (nph, C, N*P + tail)."""
     c = x.shape[1]
-    buf = np.zeros((lay.nph, c, spec.n * lay.P), dtype=spec.dtype)
-    grid = buf.reshape((lay.nph, c, spec.n) + lay.sph)
+    buf = np.zeros((lay.nph, c, spec.n * lay.P + tail), dtype=spec.dtype)
+    grid = buf[:, :, :spec.n * lay.P].reshape((lay.nph, c, spec.n) + lay.sph)
     xt = x.transpose((1, 0) + tuple(range(2, x.ndim)))        # (C, N, *spatial), a view
     for ph, (qs, xs) in enumerate(_phase_slices(spec, lay)):
         grid[(ph, slice(None), slice(None)) + qs] = xt[(slice(None), slice(None)) + xs]
@@ -390,13 +398,18 @@ def _forward(x, weight, spec):
     G, K = spec.groups, math.prod(spec.kernel)
     cgi, cgo = spec.c_in // G, spec.c_out // G
     lay = _layout(spec)
-    xph = _to_phases(x, spec, lay).reshape(lay.nph, G, cgi, -1)        # (nph, G, C_in/g, rows)
-    wt = _weights(weight, spec)                                         # (K, G, C_out/g, C_in/g)
-    y = np.empty((G, cgo, spec.n * lay.P), dtype=spec.dtype)            # output on the grid
     how = _strategy(cgi, cgo, G, K)
-    per_row = (K * spec.c_in if how == "im2col" else spec.c_out) * spec.dtype.itemsize
+    planes = how == "im2col" and len(spec.kernel) == 3
+    # (nph, G, C_in/g, rows [+ a tail of one plane, read by the plane views below])
+    xph = _to_phases(x, spec, lay, lay.rs[0] if planes else 0).reshape(lay.nph, G, cgi, -1)
+    wt = _weights(weight, spec)                                         # (K, G, C_out/g, C_in/g)
+    row_elems = K * spec.c_in if how == "im2col" else 2 * spec.c_out      # buffers per row
     workers = _max_workers(_flops(spec))
-    tasks = _tasks(spec, lay, spec.c_out, spec.budget // (workers * per_row))
+    rows_cap = spec.budget // (workers * row_elems * spec.dtype.itemsize)
+    if planes:
+        return _forward_planes(xph, wt, spec, lay, rows_cap, workers)
+    tasks = _tasks(spec, lay, row_elems, rows_cap, workers)
+    y = np.empty((G, cgo, spec.n * lay.P), dtype=spec.dtype)            # output on the grid
     if how == "im2col":
         wm = np.ascontiguousarray(wt.transpose(1, 2, 0, 3).reshape(G, cgo, K * cgi))
 
@@ -412,6 +425,42 @@ def _forward(x, weight, spec):
                         how == "elementwise" and cgi == 1)
     _run(work, tasks, workers)
     return _grid_to_out(y.reshape(spec.c_out, -1), spec, lay, spec.c_out)
+
+
+def _forward_planes(xph, wt, spec, lay, rows_cap, workers):
+    """3-D im2col forward that skips the padded lines between output planes.
+
+    On the flat grid the outputs of plane ``(n, t0)`` occupy ``L = (out1-1)*rs1 + out2`` rows
+    starting at ``n*P + t0*rs0``; a chunk stacks a few such segments (one strided view per tap),
+    so the GEMM sees no rows from the padding margins of axis 1.
+    """
+    G, K = spec.groups, math.prod(spec.kernel)
+    cgi, cgo = spec.c_in // G, spec.c_out // G
+    (o0, o1, o2), rs0, rs1 = spec.out_sizes, lay.rs[0], lay.rs[1]
+    L = (o1 - 1) * rs1 + o2
+    wm = np.ascontiguousarray(wt.transpose(1, 2, 0, 3).reshape(G, cgo, K * cgi))
+    y = np.empty((G, cgo, spec.n * o0 * L), dtype=spec.dtype)     # (G, C_out/g, N*out0*L)
+    target = max(1, min(rows_cap, max(_MIN_ROWS, _CHUNK_ELEMS // (K * spec.c_in))))
+    if workers > 1:
+        target = min(target, max(_MIN_ROWS // 4, -(-spec.n * o0 * L // (3 * workers))))
+    per = max(1, target // L)                                        # planes per chunk
+    tasks = [(n, a, min(a + per, o0)) for n in range(spec.n) for a in range(0, o0, per)]
+
+    def work(n, a, b):
+        cnt, base = b - a, n * lay.P + a * rs0
+        patch = np.empty((G, K * cgi, cnt, L), dtype=spec.dtype)        # (G, K*C_in/g, planes, L)
+        for t, (ph, off) in enumerate(lay.taps):
+            seg = xph[ph, :, :, base + off:base + off + cnt * rs0]       # (G, C_in/g, cnt*rs0)
+            patch[:, t * cgi:(t + 1) * cgi] = seg.reshape(G, cgi, cnt, rs0)[..., :L]
+        np.matmul(wm, patch.reshape(G, K * cgi, cnt * L),
+                  out=y[:, :, (n * o0 + a) * L:(n * o0 + b) * L])
+
+    _run(work, tasks, workers)
+    isz = spec.dtype.itemsize
+    ys = np.lib.stride_tricks.as_strided(                           # (C_out, N, out0, out1, out2)
+        y, shape=(spec.c_out, spec.n, o0, o1, o2),
+        strides=(spec.n * o0 * L * isz, o0 * L * isz, L * isz, rs1 * isz, isz), writeable=False)
+    return ys.transpose(1, 0, 2, 3, 4).copy()
 
 
 # ------------------------------------------------------------------------------------- backward
@@ -441,12 +490,13 @@ def _backward(gy, x, weight, spec, want_x=True, want_w=True):
                     for p in range(lay.nph)]
         how = _strategy(cgo, cgi, G, K)
         kmax = max(len(b) for b in by_phase)
-        per_row = (kmax * spec.c_out if how == "im2col" else spec.c_in) * isz
+        row_elems = kmax * spec.c_out if how == "im2col" else 2 * spec.c_in
         dx = np.empty((lay.nph, G, cgi, spec.n * lay.P), dtype=spec.dtype)
         for p, taps in enumerate(by_phase):
             if not taps:                               # no tap lands on this phase
                 dx[p] = 0
-        rng = _tasks(spec, lay, spec.c_in, spec.budget // (workers * per_row), whole=True)
+        rng = _tasks(spec, lay, row_elems, spec.budget // (workers * row_elems * isz), workers,
+                     whole=True)
         tasks = [(p, r0, r1) for p, taps in enumerate(by_phase) if taps for r0, r1 in rng]
         if how == "im2col":
             wm = [np.concatenate([wT[t] for t, _ in taps], axis=-1) if taps else None
@@ -476,7 +526,7 @@ def _backward(gy, x, weight, spec, want_x=True, want_w=True):
                 np.matmul(g, xph[ph, :, :, r0 + off:r1 + off].transpose(0, 2, 1), out=tmp)
                 dw[t] += tmp
             return dw
-        tasks = _tasks(spec, lay, spec.c_in + spec.c_out, 1 << 62)
+        tasks = _tasks(spec, lay, spec.c_in + spec.c_out, 1 << 62, workers)
         dw = sum(_run(work, tasks, workers))
         # (K, G, C_out/g, C_in/g) -> (C_out, C_in/g, *k)
         gw = dw.transpose(1, 2, 3, 0).reshape((spec.c_out, cgi) + spec.kernel)
