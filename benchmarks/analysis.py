@@ -77,7 +77,10 @@ def main():
     torch.manual_seed(0)
     net = resnet50().eval()
     shape = (1, 3, 224, 224)
+    t0 = time.perf_counter()
     rf = atrous.receptive_field(net, shape, at="layer4")
+    t_first = time.perf_counter() - t0
+    print(f"first call in this process (includes torch's one-off meta-kernel set-up): {t_first * 1e3:.0f} ms")
     print(f"ResNet-50 layer4: size {rf.size}, jump {rf.jump}, start {rf.start}")
     with torch.no_grad():
         t_fwd = timeit(lambda: net(torch.zeros(shape)))

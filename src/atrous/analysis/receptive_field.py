@@ -410,7 +410,7 @@ _POINTWISE_FUNCS = {
     "floor", "ceil", "round", "channel_shuffle",
 }
 _UNION_FUNCS = {"add", "sub", "mul", "truediv", "div", "floordiv", "mod", "maximum", "minimum", "where",
-                "add_", "mul_", "sub_", "div_", "iadd", "imul", "isub", "itruediv", "matmul_channels",
+                "add_", "mul_", "sub_", "div_", "iadd", "imul", "isub", "itruediv",
                 "lerp", "addcmul", "rsub", "max", "min"}
 
 
@@ -532,8 +532,7 @@ def _arg(node, i, key, default=None):
 
 
 def _unknown(node, name, why=""):
-    what = f"module {type(node).__name__}" if False else f"{node.op} {node.target!r}"
-    raise ValueError(f"cannot compute the receptive field through node {name!r} ({what}){why}; "
+    raise ValueError(f"cannot compute the receptive field through node {name!r} ({node.op} {node.target!r}){why}; "
                      "supported: conv/transposed conv/pooling/adaptive pooling/upsampling, pointwise "
                      "ops, add/mul/cat, pad, slicing, flatten/linear/global mean")
 
@@ -603,9 +602,11 @@ def _lower_node(node, modules, ndim, name, ins, torch) -> _Step:
         if isinstance(m, nn.Upsample):
             return _resample(name, single, in_sp, out_shape[-ndim:], m.mode, m.align_corners, typ)
         if isinstance(m, (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
-                          nn.modules.padding._ReplicationPadNd, nn.modules.padding.CircularPad1d
-                          if hasattr(nn.modules.padding, "CircularPad1d") else nn.ZeroPad2d)):
-            return _pad(name, single, m.padding, ndim, typ)
+                          nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd)):
+            st = _pad(name, single, m.padding, ndim, typ)
+            if not isinstance(m, nn.modules.padding._ConstantPadNd):
+                st.note = f"{name}: {typ} treated as a shift (fields near the border reflect/wrap)"
+            return st
         if isinstance(m, nn.Flatten):
             return _flatten(name, single, node, m.start_dim, m.end_dim, ndim, typ)
         if isinstance(m, (nn.Linear, nn.Bilinear, nn.LazyLinear)):
@@ -678,9 +679,7 @@ def _lower_node(node, modules, ndim, name, ins, torch) -> _Step:
         if isinstance(dim, int) or isinstance(dim, (list, tuple)):
             return _reduce_dims(name, single, node, list(dim) if isinstance(dim, (list, tuple)) else [dim],
                                 ndim, fname)
-        if dim is None and fname in ("mean", "sum") and not isinstance(_arg(node, 1, "dim"), object.__class__):
-            pass
-        if dim is None and fname in ("mean", "sum"):
+        if dim is None and fname in ("mean", "sum"):       # over everything
             return whole(range(ndim), fname)
     if fname in ("cat", "concat", "concatenate", "stack"):
         tensors = _arg(node, 0, "tensors")
@@ -830,8 +829,7 @@ def _slice(name, single, node, ndim, src_shape) -> _Step:
         if step < 1:
             raise ValueError(f"{name}: negative slice steps are not supported")
         maps.append(None if (lo, step) == (0, 1) else _TapMap(1, step, ((lo,),)))
-    if any(not isinstance(i, slice) for i in idx[:len(src_shape) - ndim]) and len(idx) > 1:
-        pass   # indexing batch/channel dims does not move positions
+    # ints/slices on the batch and channel dims do not move positions
     return _Step(name, "map", single, tuple(maps), info={"type": "slice"})
 
 
@@ -898,15 +896,10 @@ class _FakeMeta:
 
 
 def _is_torch_module(obj) -> bool:
-    mod = type(obj).__module__
-    if isinstance(obj, (list, tuple)):
-        return False
-    try:
-        import sys
-        torch = sys.modules.get("torch")
-        return torch is not None and isinstance(obj, torch.nn.Module)
-    except Exception:  # pragma: no cover
-        return mod.startswith("torch")
+    """isinstance(obj, torch.nn.Module) without importing torch (if torch is not loaded, it is not one)."""
+    import sys
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 def _lower(spec, input_shape):
