@@ -483,3 +483,17 @@ def copy_with_avg_1d(model):
         if isinstance(m, nn.MaxPool1d):
             model[i] = nn.AvgPool1d(m.kernel_size, m.stride, m.padding)
     return model
+
+
+def test_output_is_the_models_first_returned_tensor():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv1d(1, 1, 3)
+            self.b = nn.Conv1d(1, 1, 5)
+
+        def forward(self, x):
+            y = self.a(x)
+            return y, self.b(x)
+
+    assert atrous.receptive_field(Two(), (1, 1, 16)).size == (3,)

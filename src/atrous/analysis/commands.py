@@ -160,7 +160,11 @@ def _source(args):
 
 
 def field_table(spec, input_shape=None) -> list[dict]:
-    """One record per layer/node: name, type, kernel, stride, dilation, size, jump, start, covered, extent."""
+    """One record per layer/node: name, type, kernel, stride, dilation, size, jump, start, covered, extent.
+
+    >>> [(r["size"], r["covered"]) for r in field_table(parse_layers("k3d2,k3d4"))]
+    [([5], [3]), ([13], [7])]
+    """
     from .coverage import _all_marginals
     from .receptive_field import _lower, _results, _run
 

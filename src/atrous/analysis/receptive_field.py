@@ -448,7 +448,8 @@ def _lower_torch(model, input_shape) -> tuple[list[_Step], int, tuple]:
     steps: list[_Step] = []
     index: dict = {}
     for node in gm.graph.nodes:
-        if node.op == "output":
+        if node.op == "output":      # remember what the model returns (first tensor = "the output")
+            steps[0].info["outputs"] = [steps[index[a]].name for a in node.all_input_nodes if a in index]
             continue
         ins = [index[a] for a in node.all_input_nodes if a in index]
         scope = tuple((node.meta.get("nn_module_stack") or {}).keys())
@@ -962,7 +963,8 @@ def receptive_field(layers_or_model, input_shape=None, at: str | None = None) ->
 
 def _resolve_at(res: dict, steps, at) -> ReceptiveField:
     if at is None:
-        return list(res.values())[-1]     # the output node: the last tensor step
+        outs = [n for n in steps[0].info.get("outputs", []) if n in res]
+        return res[outs[0]] if outs else list(res.values())[-1]   # the model's (first) output
     if at in res:
         return res[at]
     inside = [st.name for st in steps if at in st.scope and st.name in res]
