@@ -574,3 +574,19 @@ def test_slow_grads_vs_torch(c):
 @settings(max_examples=1500)
 def test_slow_transpose_vs_torch(c):
     test_conv_transpose_matches_torch_float64.hypothesis.inner_test(c)
+
+
+def test_parallel_chunks_restore_blas_threads_and_are_thread_safe():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((2, 4, 11, 9)) for _ in range(4)]
+    w = rng.standard_normal((6, 4, 3, 3))
+    expect = [ref_conv(x, w, None, (1, 1), ((2, 2), (2, 2)), (2, 2), 1) for x in xs]
+    from concurrent.futures import ThreadPoolExecutor
+    with strategy(None, parallel=True), ThreadPoolExecutor(4) as ex:   # 4 user threads at once
+        got = list(ex.map(lambda x: atrous.conv(x, w, padding="same", dilation=2), xs))
+    for g, e in zip(got, expect):
+        np.testing.assert_allclose(g, e, rtol=1e-12)
+    after = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    assert after == before

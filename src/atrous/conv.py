@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -272,8 +273,9 @@ def _tasks(spec, lay, row_elems, rows_cap, workers=1, whole=False):
 # single-threaded BLAS (NumPy releases the GIL inside copies, ufuncs and matmul). Without it, or
 # for small calls, chunks run one after the other with multi-threaded BLAS.
 _PAR_MIN_FLOPS = 2e7
-_POOL = None
+_POOL = None                # (size, ThreadPoolExecutor)
 _CTL = None
+_LOCK = threading.Lock()
 
 
 def _controller():
@@ -300,11 +302,12 @@ def _run(work, tasks, workers):
     if workers <= 1:
         return [work(*t) for t in tasks]
     global _POOL
-    if _POOL is None or _POOL._max_workers < workers:
-        from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous")
-    with _controller().limit(limits=1, user_api="blas"):
-        return list(_POOL.map(lambda t: work(*t), tasks))
+    # one parallel section at a time: the BLAS thread limit is process-wide state
+    with _LOCK, _controller().limit(limits=1, user_api="blas"):
+        if _POOL is None or _POOL[0] < workers:
+            from concurrent.futures import ThreadPoolExecutor
+            _POOL = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous"))
+        return list(_POOL[1].map(lambda t: work(*t), tasks))
 
 
 def _phase_slices(spec, lay):
