@@ -227,3 +227,28 @@ def test_bad_step_input():
         s.init_state(0)
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         ann.stream(lambda x: x)
+
+
+class Aliasing(nn.Module):
+    """Activations whose input is shared (an identity alias, chunk views of a reused tensor): the
+    T = 1 fast program must not run them in place."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = ann.Conv1d(2, 4, 2, padding="causal", dilation=2)
+        self.id, self.act, self.act2 = nn.Identity(), nn.ReLU(), nn.Tanh()
+
+    def forward(self, x):
+        h = self.conv(x)                                   # (N, 4, T)
+        f, g = h.chunk(2, dim=1)
+        r = self.act(self.id(h)) + h                       # ReLU's input aliases h
+        s = self.act2(f) + g                               # Tanh on a view of h
+        return torch.cat([s, self.act(g)], dim=1) + r
+
+
+def test_fast_program_does_not_clobber_shared_tensors():
+    torch.manual_seed(5)
+    m = Aliasing().double().eval()
+    x = torch.randn(2, 2, 12, dtype=torch.float64)
+    got, _ = run_stream(ann.stream(m), x, [1] * 12)
+    torch.testing.assert_close(got, m(x), rtol=0, atol=1e-12)

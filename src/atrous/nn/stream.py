@@ -42,6 +42,8 @@ _POINTWISE_MODULES = (
     nn.Softsign, nn.LogSigmoid,
 )
 _AS_FUNCTION = {nn.ReLU: torch.relu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
+_FRESH_RESULTS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul}
+_INPLACE = {torch.relu: torch.relu_, torch.tanh: torch.tanh_, torch.sigmoid: torch.sigmoid_}
 _DROPPED_MODULES = (nn.Identity, nn.Dropout, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _POINTWISE_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
@@ -190,13 +192,16 @@ class Stepper(nn.Module):
     """
 
     def __init__(self, program: fx.GraphModule, convs: List[StreamConv1d], names: List[str],
-                 in_channels: int, inplace: bool, script: bool = False):
+                 in_channels: int, inplace: bool, script: bool = False, single=None):
         super().__init__()
+        self.has_single = single is not None
+        single = program if single is None else single
         if script:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                program = torch.jit.script(program)
+                program, single = torch.jit.script(program), torch.jit.script(single)
         self.program = program
+        self.single = single
         self.in_channels = in_channels
         self.inplace = inplace
         self.ring_shapes = [(c.dilation, c.k - 1, c.in_channels) for c in convs]  # per layer, after N
@@ -232,10 +237,15 @@ class Stepper(nn.Module):
                              f"({len(self.ring_shapes) + 1} tensors), got {len(state)} tensors "
                              f"with batch {state[1].size(0) if len(state) > 1 else None}")
         with torch.no_grad():
-            y, new = self.program(x, list(state))
+            if self.has_single and x.size(2) == 1:
+                y, new = self.single(x, list(state))
+            else:
+                y, new = self.program(x, list(state))
         return y, tuple(new)
 
     def forward(self, x: torch.Tensor, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        if self.has_single and x.size(2) == 1:
+            return self.single(x, state)
         return self.program(x, state)
 
 
@@ -265,18 +275,66 @@ def stream(model: nn.Module, *, inplace: bool = True, script: bool = False) -> S
     model = copy.deepcopy(model).eval()
     for p in model.parameters():            # inference only: no autograd history through the rings
         p.requires_grad_(False)
-    tracer = _Tracer()
     try:
-        graph = tracer.trace(model)
+        graph = _Tracer().trace(model)
     except Exception as e:  # data-dependent control flow etc.
         raise ValueError(f"stream: could not trace the model with torch.fx: {e}") from e
-    modules = dict(model.named_modules())
+    program, convs, names, in_channels = _build(graph, model, inplace, None)
+    single = None
+    if inplace and all(c.groups == 1 for c in convs):
+        single = _build(graph, model, inplace, convs)[0]      # None when some op is not 2-D safe
+    return Stepper(program, convs, names, in_channels, inplace, script, single)
 
+
+class _Single(nn.Module):
+    """One-sample, in-place step of a :class:`StreamConv1d` on 2-D activations ``(N, C_in) -> (N, C_out)``."""
+
+    def __init__(self, conv: StreamConv1d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor, ring: torch.Tensor, ti: int) -> torch.Tensor:
+        c = self.conv
+        q = (ti % c.history) // c.dilation
+        block = ring.select(1, ti % c.dilation)                 # (N, k - 1, C_in), taps rotated by q
+        y = torch.mm(x, c.w_last)
+        y.addmm_(block.reshape(x.size(0), -1), c.w_rot[q])
+        y.add_(c.bias)
+        block.select(1, q).copy_(x)                             # newest replaces oldest
+        return y
+
+
+class _Pointwise(nn.Module):
+    """A 1x1 convolution on 2-D activations ``(N, C_in) -> (N, C_out)``."""
+
+    def __init__(self, m: nn.Module):
+        super().__init__()
+        w = m.weight.detach()[:, :, 0]
+        self.register_buffer("w", w.t().contiguous())
+        self.register_buffer("b", torch.zeros(w.shape[0], dtype=w.dtype) if m.bias is None
+                             else m.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.mm(x, self.w)
+        y.add_(self.b)
+        return y
+
+
+def _build(graph: fx.Graph, model: nn.Module, inplace: bool, single_of):
+    """Rewrite the traced ``graph`` into ``forward(x, state) -> (y, new_state)``.
+
+    ``single_of=None``: the general program (any T, 3-D activations), creating the streaming convs.
+    ``single_of=convs``: the T = 1 program on 2-D ``(N, C)`` activations reusing ``convs``, or
+    ``(None, ...)`` if some operation is not safe on 2-D activations.
+    """
+    single = single_of is not None
+    modules = dict(model.named_modules())
     g = fx.Graph()
     x_in = g.placeholder("x")
     state_in = g.placeholder("state", type_expr=List[torch.Tensor])
     t = g.call_function(operator.getitem, (state_in, 0))
     ti = g.call_function(int, (t,)) if inplace else -1
+    x_val = g.call_method("flatten", (x_in, 1)) if single else x_in       # (N, C_in) when single
     root: dict = {}
     env: dict = {}
     convs: List[StreamConv1d] = []
@@ -291,7 +349,7 @@ def stream(model: nn.Module, *, inplace: bool = True, script: bool = False) -> S
             placeholders += 1
             if placeholders > 1:
                 raise ValueError(f"stream: the model must take one input, got a second one {node.target!r}")
-            env[node] = x_in
+            env[node] = x_val
         elif node.op == "call_module":
             m = modules[node.target]
             if isinstance(m, _DROPPED_MODULES):
@@ -300,22 +358,41 @@ def stream(model: nn.Module, *, inplace: bool = True, script: bool = False) -> S
                 spec = _causal_conv_spec(node.target, m)
                 if in_channels is None:
                     in_channels = m.in_channels
-                if spec is None:                                  # pointwise 1x1 conv: keep as is
-                    root[node.target] = m
-                    env[node] = g.node_copy(node, lambda n: env[n])
+                if spec is None:                                  # pointwise 1x1 conv
+                    if single:
+                        if m.groups != 1:
+                            return None, None, None, None
+                        name = f"pointwise_{node.target.replace('.', '_')}"
+                        root[name] = _Pointwise(m)
+                        env[node] = g.call_module(name, (env[node.args[0]],))
+                    else:
+                        root[node.target] = m
+                        env[node] = g.node_copy(node, lambda n: env[n])
                     continue
                 weight, bias, d, groups = spec
-                sc = StreamConv1d(weight, bias, d, groups, inplace)
-                name = f"stream{len(convs)}"
-                root[name] = sc
-                ring = g.call_function(operator.getitem, (state_in, 1 + len(convs)))
-                out = g.call_module(name, (env[node.args[0]], ring, t, ti))
-                env[node] = g.call_function(operator.getitem, (out, 0))
-                outputs.append(g.call_function(operator.getitem, (out, 1)))
+                i = len(convs)
+                sc = single_of[i] if single else StreamConv1d(weight, bias, d, groups, inplace)
+                ring = g.call_function(operator.getitem, (state_in, 1 + i))
+                if single:
+                    root[f"single{i}"] = _Single(sc)
+                    env[node] = g.call_module(f"single{i}", (env[node.args[0]], ring, ti))
+                    outputs.append(ring)
+                else:
+                    root[f"stream{i}"] = sc
+                    out = g.call_module(f"stream{i}", (env[node.args[0]], ring, t, ti))
+                    env[node] = g.call_function(operator.getitem, (out, 0))
+                    outputs.append(g.call_function(operator.getitem, (out, 1)))
                 convs.append(sc)
                 names.append(node.target)
             elif type(m) in _AS_FUNCTION:                         # stateless: skip the module call
-                env[node] = g.call_function(_AS_FUNCTION[type(m)], (env[node.args[0]],))
+                src = env[node.args[0]]
+                fn = _AS_FUNCTION[type(m)]
+                arg = node.args[0]
+                fresh = (arg.op == "call_module" and isinstance(modules[arg.target], (_ConvNd, nn.Conv1d))) \
+                    or (arg.op == "call_function" and arg.target in _FRESH_RESULTS)
+                if single and fresh and len(arg.users) == 1:
+                    fn = _INPLACE[fn]                             # sole user of a new tensor: no copy
+                env[node] = g.call_function(fn, (src,))
             elif isinstance(m, _POINTWISE_MODULES) or (isinstance(m, nn.BatchNorm1d) and m.track_running_stats):
                 root[node.target] = m
                 env[node] = g.node_copy(node, lambda n: env[n])
@@ -323,19 +400,28 @@ def stream(model: nn.Module, *, inplace: bool = True, script: bool = False) -> S
                 raise ValueError(f"stream: {_layer_desc(node.target, m)} is not known to be causal and "
                                  "pointwise in time")
         elif node.op == "get_attr":
+            if single:                      # a tensor constant may broadcast against (N, C, T)
+                return None, None, None, None
             root[node.target] = operator.attrgetter(node.target)(model)
             env[node] = g.node_copy(node, lambda n: env[n])
         elif node.op in ("call_function", "call_method"):
             _check_pointwise(node, split_nodes)
-            env[node] = g.node_copy(node, lambda n: env[n])
+            new = g.node_copy(node, lambda n: env[n])
+            if single and (node.target in _CHANNEL_SPLITS or node.target in (torch.cat, torch.concat)):
+                if len(new.args) > 2:                             # channel dim is 1 on (N, C) as well
+                    new.args = new.args[:2] + (1,) + new.args[3:]
+                else:
+                    new.kwargs = {**new.kwargs, "dim": 1}
+            env[node] = new
         elif node.op == "output":
             result = node.args[0]
             if not isinstance(result, fx.Node):
                 raise ValueError("stream: the model must return a single tensor")
     if not convs:
         raise ValueError("stream: the model has no causal convolution with history to stream")
+    y = g.call_method("unsqueeze", (env[result], 2)) if single else env[result]
     steps = g.call_method("size", (x_in, 2))
     t_new = g.call_method("add_", (t, steps)) if inplace else g.call_function(operator.add, (t, steps))
-    g.output((env[result], [t_new] + outputs))
-    program = fx.GraphModule(root, g, class_name="StreamProgram")
-    return Stepper(program, convs, names, in_channels, inplace, script)
+    g.output((y, [t_new] + outputs))
+    program = fx.GraphModule(root, g, class_name="StreamProgram1" if single else "StreamProgram")
+    return program, convs, names, in_channels
