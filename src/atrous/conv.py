@@ -357,15 +357,17 @@ def _grid_to_out(grid, spec, lay, c):
     return np.ascontiguousarray(g.transpose((1, 0) + tuple(range(2, g.ndim))))
 
 
-def _strategy(c_red, c_acc, groups, K) -> str:
+def _strategy(c_red, c_acc, groups, K, backward=False) -> str:
     """How to contract ``c_red`` channels (per group) into ``c_acc`` ones over ``K`` taps."""
     if _FORCE is not None:
         return _FORCE
     if c_red == 1 and c_acc == 1 and groups > 1:
         return "elementwise"
-    # im2col copies K*c_red values per row to run one GEMM; per-tap accumulation moves about
-    # 3*K*c_acc (product + add). Stack the taps when the copy is the cheaper, or the GEMMs tiny.
-    if c_red * 2 <= c_acc or c_red < 16:
+    # im2col copies K*c_red values per row (in cache, on every thread) for one GEMM that reduces
+    # over K*c_red; per-tap GEMMs reduce over c_red only and move about 3*K*c_acc values per row.
+    # Measured with benchmarks/engine.py --strategy: im2col wins every forward shape; for dL/dx
+    # the per-tap GEMMs win once c_red >= 16 and c_red is not much smaller than c_acc.
+    if not backward or c_red * 2 <= c_acc or c_red < 16:
         return "im2col"
     return "tap"
 
@@ -491,7 +493,7 @@ def _backward(gy, x, weight, spec, want_x=True, want_w=True):
         wT = np.ascontiguousarray(wt.transpose(0, 1, 3, 2))              # (K, G, C_in/g, C_out/g)
         by_phase = [[(t, off) for t, (ph, off) in enumerate(lay.taps) if ph == p]
                     for p in range(lay.nph)]
-        how = _strategy(cgo, cgi, G, K)
+        how = _strategy(cgo, cgi, G, K, backward=True)
         kmax = max(len(b) for b in by_phase)
         row_elems = kmax * spec.c_out if how == "im2col" else 2 * spec.c_in
         dx = np.empty((lay.nph, G, cgi, spec.n * lay.P), dtype=spec.dtype)
