@@ -224,9 +224,12 @@ def test_state_dict_round_trip_and_script(make):
 
 
 @pytest.mark.slow
-def test_torch_compile_tcn():
-    m = ann.TCN(2, [4], 3).eval()
-    x = torch.randn(1, 2, 20)
+@pytest.mark.parametrize("make,shape", [(lambda: ann.TCN(2, [4], 3), (1, 2, 20)),
+                                        (lambda: ann.Conv2d(2, 2, 3, stride=2, padding="same"), (1, 2, 9, 8)),
+                                        (lambda: ann.ContextModule(2), (1, 2, 12, 12))])
+def test_torch_compile(make, shape):
+    m = make().eval()
+    x = torch.rand(*shape)
     torch.testing.assert_close(torch.compile(m)(x), m(x))
 
 
@@ -254,3 +257,22 @@ BAD = [
 def test_bad_input(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: ann.Conv2d(2, 3, 3, stride=2, padding="same", dilation=2), (1, 2, 9, 10)),
+    (lambda: ann.TCN(2, [4, 4], 3), (2, 2, 20)),
+    (lambda: ann.ContextModule(2), (1, 2, 16, 16)),
+])
+def test_onnx_export_matches(make, shape):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(6)
+    m = make().eval()
+    x = torch.rand(*shape)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x,), f, dynamo=False, input_names=["x"])
+    got = ort.InferenceSession(f.getvalue()).run(None, {"x": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), m(x).detach(), rtol=1e-5, atol=1e-5)

@@ -27,6 +27,6 @@ def field_1d(model, in_channels: int, convs) -> int:
     try:
         rf = atrous.receptive_field(model, (1, in_channels, 2 * fallback))
         size = rf.size[0]
-    except Exception:  # analysis module not ready or does not handle this model: use geometry
+    except (NotImplementedError, ValueError, TypeError):  # analysis declines this model: use geometry
         return fallback
     return int(size)
