@@ -6,9 +6,9 @@
 * ``results.jsonl`` holds one JSON record per run. It is only ever replaced atomically (written to a
   temporary file in the same directory, fsync'd, ``os.replace``d), so Ctrl-C or a crash leaves either
   the old or the new file, never a partial record.
-* Under ``torchrun`` (``WORLD_SIZE > 1``) the pending runs are dealt round-robin to the ranks
-  (gloo backend, CPU); after each round rank 0 gathers the records and appends them; rank 0 writes
-  the report. Runs use a fixed torch thread count (``threads``, default 1) and their own seed, so a
+* Under ``torchrun`` (``WORLD_SIZE > 1``) rank 0 reads ``results.jsonl`` and broadcasts the pending
+  runs, which are dealt round-robin to the ranks (gloo backend, CPU); after each round rank 0
+  gathers the records and appends them; rank 0 writes the report. Only rank 0 touches ``--out``. Runs use a fixed torch thread count (``threads``, default 1) and their own seed, so a
   run's numbers do not depend on which process ran it.
 
 >>> cfg = dict(task="mnist1d", strategy="dilated", seed=0, epochs=1)
@@ -40,14 +40,14 @@ RECORD_VERSION = 1
 # Per-task defaults: chosen so the default MNIST-1D study fits 5 minutes on 2 CPU cores.
 TASK_DEFAULTS = {
     "mnist1d": dict(epochs=12, width=32, depth=5, batch_size=128, lr=1e-2, n_train=None, n_test=None),
-    "fashion-mnist": dict(epochs=4, width=32, depth=5, batch_size=128, lr=1e-2, n_train=10000,
-                          n_test=2000),
-    "fashion-seg": dict(epochs=4, width=16, depth=6, batch_size=32, lr=1e-2, n_train=1000,
+    "fashion-mnist": dict(epochs=4, width=16, depth=5, batch_size=128, lr=1e-2, n_train=5000,
+                          n_test=1000),
+    "fashion-seg": dict(epochs=4, width=8, depth=6, batch_size=32, lr=1e-2, n_train=1000,
                         n_test=200),
 }
 # --quick: a smoke run (< 30 s for all six strategies, one seed)
-QUICK = dict(epochs=1, width=8, n_train=256, n_test=128, seeds=1)
-QUICK_SEG = dict(n_train=32, n_test=16, width=4)
+QUICK = dict(epochs=2, width=8, n_train=512, n_test=256, seeds=1, batch_size=64)
+QUICK_SEG = dict(n_train=32, n_test=16, width=4, batch_size=16)
 
 
 @dataclass
@@ -285,10 +285,14 @@ def run_study(study: Study, out: str, *, force: bool = False, quiet: bool = Fals
     configs = plan_runs(study, ds)
     for c in configs:  # every plan must be buildable before any training starts
         S.plan(c["strategy"], c["target_rf"], c["depth"], min(ds.spatial))
-    done = {r["key"] for r in read_records(path)} if not force else set()
-    pending = [c for c in configs if run_key(c) not in done]
+    pending = None
+    if rank == 0:  # only rank 0 reads/writes --out: other machines need not share the directory
+        done = {r["key"] for r in read_records(path)} if not force else set()
+        pending = [c for c in configs if run_key(c) not in done]
     if dist is not None:
-        dist.barrier()  # everybody has read the file before rank 0 writes to it
+        box = [pending]
+        dist.broadcast_object_list(box, src=0)
+        pending = box[0]
     Bar = _bars(quiet or rank != 0)
     runs = Bar(total=len(pending), desc=f"runs ({len(configs) - len(pending)} done before)",
                unit="run", position=0)
