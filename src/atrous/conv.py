@@ -114,7 +114,7 @@ def _check_budget(value, name="memory_budget") -> int:
 
 # ----------------------------------------------------------------------------------- validation
 def _as_float(name, a):
-    """Array view of ``a`` plus its compute dtype; TypeError for non-float dtypes."""
+    """``np.asarray(a)``; TypeError naming ``name`` for non-float dtypes."""
     arr = np.asarray(a)
     if arr.dtype not in (np.float16, np.float32, np.float64):
         raise TypeError(f"{name} must be a float16/float32/float64 array, got dtype {arr.dtype}")
@@ -231,12 +231,14 @@ def _layout(spec) -> _Layout:
     padded = [m + lo + hi for m, (lo, hi) in zip(spec.in_sizes, spec.pads)]
     sph = tuple(-(-p // s) for p, s in zip(padded, spec.stride))
     rs = tuple(math.prod(sph[a + 1:]) for a in range(len(sph)))
+    # tap j of output t reads padded position t*s + pos_j: phase pos_j % s, index t + pos_j // s
+    pos = [geometry.tap_offsets(k, d) for k, d in zip(spec.kernel, spec.dilation)]
     taps = []
     for j in np.ndindex(*spec.kernel):
         ph, off = 0, 0
-        for a, (ja, s, d) in enumerate(zip(j, spec.stride, spec.dilation)):
-            ph = ph * s + (d * ja) % s
-            off += ((d * ja) // s) * rs[a]
+        for a, (ja, s) in enumerate(zip(j, spec.stride)):
+            ph = ph * s + pos[a][ja] % s
+            off += (pos[a][ja] // s) * rs[a]
         taps.append((ph, off))
     # the real outputs of sample i are rows i*P + [0, last] of the grid
     last = sum((o - 1) * r for o, r in zip(spec.out_sizes, rs))
