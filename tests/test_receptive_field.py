@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import atrous
 from atrous import Layer, geometry as geo
@@ -497,3 +497,56 @@ def test_output_is_the_models_first_returned_tensor():
             return y, self.b(x)
 
     assert atrous.receptive_field(Two(), (1, 1, 16)).size == (3,)
+
+
+_layer = st.tuples(st.sampled_from(["conv", "max", "avg"]), st.integers(1, 3), st.integers(1, 2),
+                   st.integers(0, 2), st.integers(1, 3))
+
+
+@given(st.lists(_layer, min_size=1, max_size=3), st.booleans())
+@settings(max_examples=25)
+def test_random_sequential_nets_brute_force(specs, two_d):
+    mods, layers = [], []
+    for kind, k, s, p, d in specs:
+        p = min(p, k // 2)                       # torch pools need padding <= kernel / 2
+        if kind == "conv":
+            mods.append((nn.Conv2d if two_d else nn.Conv1d)(1, 1, k, stride=s, padding=p, dilation=d))
+        elif kind == "max":
+            mods.append((nn.MaxPool2d if two_d else nn.MaxPool1d)(k, stride=s, padding=p, dilation=d))
+        else:
+            d = 1
+            mods.append((nn.AvgPool2d if two_d else nn.AvgPool1d)(k, stride=s, padding=p))
+        layers.append(Layer(k, stride=s, padding=p, dilation=d))
+    net = _positive(nn.Sequential(*mods))
+    ref = atrous.receptive_field(layers)
+    n = ref.size[0] + 2 * ref.padding[0] + 2 * ref.jump[0] + 2      # room for interior outputs
+    nd = 2 if two_d else 1
+    assume(n ** nd <= 1600)
+    shape = (1, 1) + (n,) * nd
+    rf = atrous.receptive_field(net, shape)
+    if two_d:
+        assert rf.size == ref.size * 2 and rf.jump == ref.jump * 2 and rf.start == ref.start * 2
+    else:
+        assert rf == ref
+    check_interior(net, shape, rf, oracle=perturb_support, max_outputs=2)
+
+
+@given(st.integers(1, 5), st.integers(1, 4), st.integers(0, 3), st.integers(1, 3), st.integers(0, 2))
+@settings(max_examples=30)
+def test_random_transposed_conv_every_phase_brute_force(k, s, p, d, op):
+    op = min(op, max(s, d) - 1)                  # torch: output_padding < max(stride, dilation)
+    net = _positive(nn.Sequential(nn.ConvTranspose1d(1, 1, k, s, p, output_padding=op, dilation=d),
+                                  nn.Conv1d(1, 1, 2)))
+    n = 12
+    rf = atrous.receptive_field(net, (1, 1, n))
+    n_out = net(torch.zeros(1, 1, n, dtype=D)).shape[-1]
+    seen = set()
+    for o in range(n_out):
+        sp = rf.span(o)[0]
+        sup = grad_support(net, (1, 1, n), (o,))
+        if sp is None:
+            assert not sup.any()
+        elif sp[0] >= 0 and sp[1] < n:
+            assert bbox(sup)[0] == sp
+            seen.add(o % rf.period[0])
+    assert len(seen) + len(rf.empty_phases[0]) >= min(rf.period[0], 1)
