@@ -1,16 +1,17 @@
 """Overhead of atrous.nn.Conv*d's padding modes vs a hand-written nn.Conv*d with the same padding.
 
-    python benchmarks/nn_padding.py [--repeat 7] [--threads 1]
+    python benchmarks/nn_padding.py [--seconds 2] [--threads 1]
 
 The hand-written twin: symmetric padding -> ``nn.Conv*d(padding=p)``; asymmetric -> one ``F.pad``
 then ``nn.Conv*d(padding=0)`` (what you would write by hand). Same weights, outputs checked equal.
-Forward time is the best of --repeat runs (each a loop sized to ~0.1 s), alternating the two so that
-load from other processes hits both. Target: ratio ours / hand <= 1.05 on every row.
+Forward time is the median of single calls of the two, interleaved (a, b, b, a, ...) for about
+--seconds per case so that load from other processes hits both. Target: ratio ours / hand <= 1.05 on every row.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -54,32 +55,36 @@ def build(n, c, spatial, k, s, d, padding):
     return ours.eval(), HandWritten(conv, pairs).eval(), torch.randn(n, c, *spatial)
 
 
-def loop_time(fn, x, iters):
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn(x)
-    return (time.perf_counter() - t0) / iters
+def interleaved(a, b, x, calls):
+    """Per-call times of ``a`` and ``b`` called alternately (a, b, b, a, ...) so drift and load from
+    other processes hit both; returns the two medians."""
+    ta, tb = [], []
+    for i in range(calls):
+        for fn, out in ((a, ta), (b, tb)) if i % 2 else ((b, tb), (a, ta)):
+            t0 = time.perf_counter()
+            fn(x)
+            out.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--seconds", type=float, default=2.0, help="time budget per case")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {args.threads}, float32 forward, best of {args.repeat}")
+    print(f"torch {torch.__version__}, threads {args.threads}, float32 forward, median of interleaved calls")
     print(f"{'case':<38} {'hand us':>10} {'atrous us':>10} {'ours/hand':>10}")
     worst = 0.0
     with torch.no_grad():
         for name, n, c, spatial, k, s, d, padding in CASES:
             ours, hand, x = build(n, c, spatial, k, s, d, padding)
             torch.testing.assert_close(ours(x), hand(x), rtol=0, atol=0)
-            once = loop_time(hand, x, 3)
-            iters = max(3, int(0.1 / max(once, 1e-7)))
-            best_h = best_o = float("inf")
-            for _ in range(args.repeat):
-                best_h = min(best_h, loop_time(hand, x, iters))
-                best_o = min(best_o, loop_time(ours, x, iters))
+            t0 = time.perf_counter()
+            hand(x)
+            once = time.perf_counter() - t0
+            calls = int(min(2000, max(30, args.seconds / max(once, 1e-7) / 2)))
+            best_h, best_o = interleaved(hand, ours, x, calls)
             ratio = best_o / best_h
             worst = max(worst, ratio)
             print(f"{name:<38} {best_h * 1e6:>10.1f} {best_o * 1e6:>10.1f} {ratio:>10.3f}")
