@@ -550,3 +550,18 @@ def test_random_transposed_conv_every_phase_brute_force(k, s, p, d, op):
             assert bbox(sup)[0] == sp
             seen.add(o % rf.period[0])
     assert len(seen) + len(rf.empty_phases[0]) >= min(rf.period[0], 1)
+
+
+def test_full_reductions_make_the_field_whole():
+    class Red(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return torch.max(y) + y.sum()
+
+    rf = atrous.receptive_field(Red(), (1, 1, 9, 11))
+    assert rf.whole_input == (True, True) and rf.size == (9, 11)
+    assert rf.last_spatial.size == (3, 3)

@@ -460,6 +460,10 @@ def _lower_torch(model, input_shape) -> tuple[list[_Step], int, tuple]:
         else:
             name = node.target if node.op == "call_module" else node.name
             st = _lower_node(node, modules, ndim, name, ins, torch)
+            out = _shape(node)
+            if out is not None and len(out) < ndim + 2 and st.kind != "whole" and st.inputs:
+                # fewer dims than (N, C, *spatial): positions were reduced away (x.sum(), torch.max(x))
+                st = _Step(name, "whole", st.inputs[:1], axes=tuple(range(ndim)), info=st.info)
         st.scope = scope
         index[node] = len(steps)
         steps.append(st)
