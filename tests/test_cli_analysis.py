@@ -82,3 +82,18 @@ def test_show_writes_figure_and_data(tmp_path, capsys):
 def test_bad_input_is_one_line(capsys, argv, msg):
     rc, out, err = run(capsys, *argv)
     assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_rf_prints_transposed_phases_and_empty_outputs(tmp_path, capsys, monkeypatch):
+    (tmp_path / "tnets.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+        def make():
+            return nn.ConvTranspose1d(1, 1, 4, stride=2, padding=1, dilation=2)
+    """))
+    monkeypatch.chdir(tmp_path)
+    rc, out, _ = run(capsys, "rf", "--model", "tnets:make", "--input-shape", "1,1,16")
+    assert rc == 0 and "0: no input" in out and "receive no input" in out
+    import torch.nn as nn
+    rf = atrous.receptive_field(nn.ConvTranspose1d(1, 1, 4, stride=2, padding=1, dilation=2), (1, 1, 16))
+    lo, hi = rf.phases[0][1]
+    assert f"1: [{lo}, {hi}]" in out

@@ -215,6 +215,11 @@ def _rf(args) -> int:
         print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
     print(f"receptive field at {rf.name!r}: size {_fmt(rf.size)}, jump {_fmt(rf.jump)}, "
           f"start {_fmt(rf.start)}, padding {_fmt(rf.padding)}")
+    for ax, (P, ph) in enumerate(zip(rf.period, rf.phases)):
+        if P > 1:
+            txt = ", ".join(f"{i}: {'no input' if p is None else f'[{p[0]}, {p[1]}]'}" for i, p in enumerate(ph))
+            print(f"axis {ax}: output o = phase + m*{P} sees inputs (phase: span at m=0, "
+                  f"shifted by m*{rf.period_shift[ax]}) {txt}")
     if rf.last_spatial is not None:
         ls = rf.last_spatial
         print(f"(space is collapsed there; the last spatial node {ls.name!r} has size {_fmt(ls.size)}, "
