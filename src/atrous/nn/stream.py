@@ -77,6 +77,15 @@ class StreamConv1d(nn.Module):
     share ``tau % d``, so they are one contiguous ``(k - 1, C_in)`` block (a view, no gather), rotated
     by ``q = (t % L) // d`` -- matched by one of ``k - 1`` pre-rotated weight matrices -- and the new
     sample overwrites the oldest, row ``q`` of that block.
+
+    >>> import torch, atrous.nn as ann
+    >>> conv = ann.Conv1d(2, 3, 3, padding="causal", dilation=2)
+    >>> sc = ann.StreamConv1d(conv.weight, conv.bias, dilation=2, groups=1, inplace=True)
+    >>> x, ring, t = torch.randn(1, 2, 7), torch.zeros(1, 2, 2, 2), torch.zeros((), dtype=torch.long)
+    >>> y1, ring = sc(x[:, :, :4], ring, t, -1)                 # (N, C_out, 4)
+    >>> y2, ring = sc(x[:, :, 4:], ring, t + 4, -1)
+    >>> torch.allclose(torch.cat([y1, y2], 2), conv(x), atol=1e-6)
+    True
     """
 
     def __init__(self, weight: torch.Tensor, bias, dilation: int, groups: int, inplace: bool):
@@ -92,10 +101,10 @@ class StreamConv1d(nn.Module):
         self.register_buffer("bias", b)
         self.register_buffer("w_last", w[:, :, k - 1].t().contiguous())         # (C_in, C_out)
         # w_rot[q][i * C_in + c, o] = w[o, c, (i - q) % (k - 1)]: block row i holds tap (i - q) % (k-1)
-        rows = torch.arange(k - 1)
+        rows = torch.arange(k - 1, device=w.device)
         rots = [w[:, :, (rows - q) % (k - 1)].permute(2, 1, 0).reshape(-1, c_out) for q in range(k - 1)]
         self.register_buffer("w_rot", torch.stack(rots))                       # (k-1, (k-1) C_in, C_out)
-        self.register_buffer("arange", torch.arange(self.history))
+        self.register_buffer("arange", torch.arange(self.history, device=w.device))
 
     def _slots(self, tau: torch.Tensor) -> torch.Tensor:
         """Flat slot ``(tau % d) * (k - 1) + (tau % L) // d`` of times ``tau``."""
@@ -189,6 +198,14 @@ class Stepper(nn.Module):
     ``state = s.init_state(batch_size)``; ``y, state = s.step(x, state)`` with ``x (N, C_in, T)``,
     any ``T >= 1``, ``y (N, C_out, T)``. ``forward(x, state_list) -> (y, new_state_list)`` is the
     same computation on a list (the form TorchScript and ONNX see).
+
+    >>> import torch, atrous.nn as ann
+    >>> s = ann.stream(ann.WaveNet(1, 2, residual_channels=4, layers_per_stack=3))
+    >>> s.history, [tuple(r.shape) for r in s.init_state(5)[1:3]]     # (k - 1) * d per layer
+    ([1, 1, 2, 4], [(5, 1, 1, 1), (5, 1, 1, 4)])
+    >>> y, state = s.step(torch.randn(5, 1, 1), s.init_state(5))
+    >>> y.shape, int(state[0])
+    (torch.Size([5, 2, 1]), 1)
     """
 
     def __init__(self, program: fx.GraphModule, convs: List[StreamConv1d], names: List[str],
@@ -311,7 +328,7 @@ class _Pointwise(nn.Module):
         super().__init__()
         w = m.weight.detach()[:, :, 0]
         self.register_buffer("w", w.t().contiguous())
-        self.register_buffer("b", torch.zeros(w.shape[0], dtype=w.dtype) if m.bias is None
+        self.register_buffer("b", torch.zeros(w.shape[0], dtype=w.dtype, device=w.device) if m.bias is None
                              else m.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
