@@ -80,3 +80,14 @@ def test_errors():
         atrous.cost([atrous.Layer(3)], (1, 1, 8))
     with pytest.raises(ValueError, match="does not run"):
         atrous.cost(nn.Conv1d(2, 2, 3), (1, 3, 8))
+
+
+def test_atrous_nn_and_weight_normed_convs_are_counted():
+    an = pytest.importorskip("atrous.nn")
+    from torch.nn.utils.parametrizations import weight_norm
+    m = nn.Sequential(an.Conv1d(2, 4, 3, dilation=2, stride=2), weight_norm(an.Conv1d(4, 4, 5, padding="causal")))
+    c = atrous.cost(m, (3, 2, 20))
+    # conv: N * C_out * out_positions * C_in/groups * kernel; 'same' at stride 2 keeps ceil(20/2) = 10
+    assert c.rows[0].output_shape == (3, 4, 10) and c.rows[0].macs == 3 * 4 * 10 * 2 * 3
+    assert c.rows[1].macs == 3 * 4 * 10 * 4 * 5
+    assert c.params == sum(p.numel() for p in m.parameters())

@@ -78,6 +78,9 @@ def _macs(m, x, y, nn) -> int:
         return y.shape[0] * m.out_channels * math.prod(y.shape[2:]) * (m.in_channels // m.groups) * k
     if isinstance(m, nn.Linear):
         return math.prod(x.shape[:-1]) * m.in_features * m.out_features
+    from .receptive_field import _conv_like
+    if _conv_like(m, y.dim() - 2):    # atrous.nn.Conv*d & co: weight (C_out, C_in/groups, *kernel)
+        return y.shape[0] * math.prod(y.shape[2:]) * m.weight.numel()
     return 0
 
 
@@ -105,7 +108,12 @@ def cost(model, input_shape) -> Cost:
     input_shape = _check_shape(input_shape)
     rows: list[CostRow] = []
     hooks = []
-    leaves = [(q, m) for q, m in model.named_modules() if not list(m.children())]
+    from .receptive_field import _conv_like
+    nd = len(input_shape) - 2
+    convs = [q for q, m in model.named_modules() if _conv_like(m, nd)]
+    # leaf modules, with conv-like modules (e.g. weight-normed) as leaves holding their parametrizations
+    leaves = [(q, m) for q, m in model.named_modules()
+              if (q in convs or not list(m.children())) and not any(q.startswith(c + ".") for c in convs)]
 
     def hook(name):
         def fn(m, inp, out):
@@ -113,7 +121,7 @@ def cost(model, input_shape) -> Cost:
             tens = [o for o in outs if torch.is_tensor(o)]
             x = inp[0] if inp and torch.is_tensor(inp[0]) else None
             y = tens[0] if tens else None
-            params = sum(p.numel() for p in m.parameters(recurse=False))
+            params = sum(p.numel() for p in m.parameters())
             rows.append(CostRow(name, type(m).__name__, params,
                                 _macs(m, x, y, nn) if x is not None and y is not None else 0,
                                 tuple(y.shape) if y is not None else (),
@@ -130,8 +138,8 @@ def cost(model, input_shape) -> Cost:
             h.remove()
     notes = []
     own = [n for n, p in model.named_parameters()
-           if not any((q == "" or n.startswith(q + ".")) and type(m).__module__.startswith("torch.nn")
-                      for q, m in leaves)]
+           if not any((q == "" or n.startswith(q + ".")) and
+                      (type(m).__module__.startswith("torch.nn") or q in convs) for q, m in leaves)]
     if own:
         notes.append(f"parameters used outside leaf modules (functional ops; their MACs are not counted): "
                      f"{', '.join(own[:5])}{', ...' if len(own) > 5 else ''}")
