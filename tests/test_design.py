@@ -74,5 +74,7 @@ def test_errors():
         atrous.design_dilations(10, kernel=1)
     with pytest.raises(ValueError, match="max_field"):
         atrous.design_dilations(300, kernel=3)          # too many 6-layer schedules for the budget
+    with pytest.raises(ValueError, match="limit must be"):
+        atrous.design_dilations(30, limit=0)
     with pytest.raises(ValueError, match="max_field must be"):
         atrous.design_dilations(30, max_field=20)

@@ -120,6 +120,8 @@ def design_dilations(target: int, kernel: int = 3, max_layers: int | None = None
     for name, v, lo in (("target", target, 2), ("kernel", kernel, 2), ("axes", axes, 1)):
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    if limit is not None and (not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 1):
+        raise ValueError(f"limit must be an int >= 1 or None, got {limit!r}")
     if max_field is not None and (not isinstance(max_field, numbers.Integral) or max_field < target):
         raise ValueError(f"max_field must be an int >= target ({target}), got {max_field!r}")
     if max_layers is not None and (not isinstance(max_layers, numbers.Integral) or max_layers < 1):
