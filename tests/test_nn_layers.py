@@ -241,7 +241,7 @@ BAD = [
     (lambda: ann.TemporalBlock(0, 4), ValueError, "in_channels must be >= 1"),
     (lambda: ann.WaveNet(1, 1, layers_per_stack=0), ValueError, "layers_per_stack must be >= 1"),
     (lambda: ann.WaveNet(1, 1, dilations=[1, -2]), ValueError, "dilations entries must be >= 1"),
-    (lambda: ann.ContextModule(3, variant="larg"), ValueError, "variant must be 'basic' or 'large'"),
+    (lambda: ann.ContextModule(3, variant="larg"), ValueError, "variant must be 'basic' or 'large', got 'larg' \\(did you mean 'large'\\?\\)"),
     (lambda: ann.ContextModule(3, widths=(1, 2)), ValueError, "one multiplier per dilation"),
     (lambda: ann.ContextModule(3, noise_std=-1), ValueError, "noise_std"),
     (lambda: ann.rates_for(32), ValueError, "output_stride must be 8 or 16"),

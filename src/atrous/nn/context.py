@@ -15,6 +15,7 @@ negative values); the large one up to float rounding (its last layer sums 32 cop
 
 from __future__ import annotations
 
+import difflib
 import numbers
 
 import torch
@@ -83,7 +84,9 @@ class ContextModule(nn.Module):
         super().__init__()
         c = _check_positive_int(channels, "channels")
         if variant not in ("basic", "large"):
-            raise ValueError(f"variant must be 'basic' or 'large', got {variant!r}")
+            close = difflib.get_close_matches(str(variant), ("basic", "large"), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"variant must be 'basic' or 'large', got {variant!r}{hint}")
         dilations = tuple(dilations)
         if not dilations:
             raise ValueError("dilations must not be empty")

@@ -33,13 +33,15 @@ def _trace_strides(model: nn.Module, input_size: int):
     if first is None:
         raise ValueError("convert_to_dilated: the model has no Conv2d layer")
     names = {m: n for n, m in model.named_modules()}
-    seen, order = set(), []
+    seen, order, reused = set(), [], []
 
     def hook(m, args):
-        if m not in seen:
-            seen.add(m)
-            h, w = args[0].shape[-2:]
-            order.append((names[m], m, (h, w)))
+        if m in seen:
+            reused.append(names[m])
+            return
+        seen.add(m)
+        h, w = args[0].shape[-2:]
+        order.append((names[m], m, (h, w)))
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules()
                if isinstance(m, (nn.Conv2d, _POOLS)) or (isinstance(m, _ConvNd) and m._ndim == 2)]
@@ -54,6 +56,9 @@ def _trace_strides(model: nn.Module, input_size: int):
     finally:
         for hd in handles:
             hd.remove()
+    if reused:
+        raise ValueError(f"convert_to_dilated: layer {reused[0]!r} is called more than once in forward; "
+                         "each conv/pool must be used once to be converted")
     if not isinstance(y, torch.Tensor) or y.dim() != 4:
         raise ValueError("convert_to_dilated: the model must map (N, C, H, W) to a feature map (N, C', H', W')")
 
