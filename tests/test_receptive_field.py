@@ -565,3 +565,23 @@ def test_full_reductions_make_the_field_whole():
     rf = atrous.receptive_field(Red(), (1, 1, 9, 11))
     assert rf.whole_input == (True, True) and rf.size == (9, 11)
     assert rf.last_spatial.size == (3, 3)
+
+
+def test_functional_ops_gated_chunk_cat_interpolate_brute_force():
+    class Fn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 4, 3, padding=1, dilation=(1, 2))
+
+        def forward(self, x):
+            y = F.max_pool2d(self.c(x), 2)
+            y = F.avg_pool2d(y, 3, stride=1, padding=1)
+            a, b = y.chunk(2, dim=1)
+            y = torch.cat([torch.tanh(a) * torch.sigmoid(b), a], dim=1)   # WaveNet-style gate
+            return F.interpolate(y, scale_factor=2, mode="nearest")
+
+    net = _positive(Fn())
+    shape = (1, 1, 20, 24)
+    rf = atrous.receptive_field(net, shape)
+    assert rf.period == (2, 2) and rf.jump == (1, 1)
+    check_interior(net, shape, rf, oracle=perturb_support)
