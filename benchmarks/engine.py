@@ -1,6 +1,6 @@
 """Speed of the NumPy engine vs PyTorch, measured side by side in one run.
 
-    python benchmarks/engine.py [--repeat 5] [--quick] [--markdown]
+    python benchmarks/engine.py [--repeat 5] [--markdown] [--only NAME] [--threads N]
 
 For every shape: forward and backward (grad_x + grad_weight) GFLOP/s of ``atrous`` and of PyTorch
 (float32, ``torch.set_num_threads`` = NumPy's BLAS threads), and the ratio ours / torch (> 1: we are
@@ -73,15 +73,19 @@ def best(fn, repeat):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="only the first shape of each kind")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--only", default="", help="run the shapes whose name contains this")
     ap.add_argument("--strategy", default=None, choices=("tap", "im2col", "elementwise"),
                     help="force one engine strategy (default: the engine's choice)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="limit NumPy's BLAS and torch to this many threads (default: as found)")
     ap.add_argument("--serial", action="store_true",
                     help="no chunk thread pool: chunks in sequence with multi-threaded BLAS")
     args = ap.parse_args(argv)
     torch = require("torch")
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=args.threads, user_api="blas")
     info, threads = blas_info()
     torch.set_num_threads(threads)
     print(f"numpy {np.__version__} BLAS: {info}; torch {torch.__version__} threads "

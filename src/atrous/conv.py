@@ -67,8 +67,8 @@ _DEFAULT_BUDGET = 256 * 2**20
 _BUDGET = _DEFAULT_BUDGET
 # Rows of the phase grid per chunk: large enough for efficient GEMMs, small enough that a chunk's
 # accumulator stays in cache. Tuned with benchmarks/engine.py.
-_CHUNK_ELEMS = 1 << 18      # accumulator elements (rows * channels) per chunk
-_MIN_ROWS = 1024
+_CHUNK_ELEMS = 1 << 18      # buffer elements (rows * channels) per chunk: 1 MiB of float32, ~L2
+_MIN_ROWS = 256
 # Tests set this to "tap", "im2col" or "elementwise" to exercise one strategy everywhere, and
 # _PARALLEL to False to run chunks serially.
 _FORCE = None
