@@ -166,6 +166,23 @@ def test_valid_tap_fraction_vs_counting_conv(size):
     assert got[1] >= got[6] >= got[12] >= got[18] >= got[24] >= got[36] >= 1 / 9 - 1e-12
 
 
+def test_aspp_functional_twin_equals_module_eval():
+    torch.manual_seed(7)
+    m = ann.ASPP(3, 4, rates=(2, 5)).double()
+    for bn in m.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.data.uniform_(0.5, 1.5)
+    m.eval()
+    bns = [b[1] for b in m.branches[:-1]] + [m.branches[-1].conv[1], m.project[1]]
+    norms = [(b.running_mean, b.running_var, b.weight, b.bias) for b in bns]
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    got = ann.aspp(x, [b[0].weight for b in m.branches[:-1]], (2, 5), m.project[0].weight,
+                   m.branches[-1].conv[0].weight, norms)
+    torch.testing.assert_close(got, m(x), rtol=1e-12, atol=1e-12)
+
+
 def test_aspp_image_pooling_branch_is_constant_map():
     aspp = ann.ASPP(4, 3, rates=(2,)).eval()
     y = aspp.branches[-1](torch.randn(1, 4, 7, 9))
@@ -250,6 +267,8 @@ BAD = [
     (lambda: ann.valid_tap_fraction((5, 0), (1,)), ValueError, "feature_size must be >= 1"),
     (lambda: ann.context_module(torch.rand(1, 1, 5, 5), [torch.ones(1, 1, 3, 3)], [None]), ValueError,
      "need 8 entries"),
+    (lambda: ann.aspp(torch.rand(1, 1, 5, 5), [torch.ones(1, 1, 1, 1)], (2, 4), torch.ones(1, 1, 1, 1)),
+     ValueError, "one 3x3 weight per rate"),
 ]
 
 

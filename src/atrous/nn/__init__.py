@@ -17,11 +17,11 @@ from .conv import Conv1d, Conv2d, Conv3d, conv  # noqa: E402
 from .tcn import TCN, TemporalBlock, temporal_block  # noqa: E402
 from .wavenet import GatedResidualLayer, WaveNet, gated_residual  # noqa: E402
 from .context import ContextModule, context_module  # noqa: E402
-from .aspp import ASPP, rates_for, valid_tap_fraction  # noqa: E402
+from .aspp import ASPP, aspp, rates_for, valid_tap_fraction  # noqa: E402
 from .stream import Stepper, StreamConv1d, stream  # noqa: E402
 from .convert import convert_to_dilated, output_stride_of  # noqa: E402
 
 __all__ = ["Conv1d", "Conv2d", "Conv3d", "conv", "TemporalBlock", "TCN", "temporal_block",
            "GatedResidualLayer", "WaveNet", "gated_residual", "ContextModule", "context_module",
-           "ASPP", "rates_for", "valid_tap_fraction", "stream", "Stepper", "StreamConv1d",
+           "ASPP", "aspp", "rates_for", "valid_tap_fraction", "stream", "Stepper", "StreamConv1d",
            "convert_to_dilated", "output_stride_of"]

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import geometry
-from .conv import Conv2d, _check_positive_int
+from .conv import Conv2d, _check_positive_int, conv
 
-__all__ = ["ASPP", "rates_for", "valid_tap_fraction"]
+__all__ = ["ASPP", "aspp", "rates_for", "valid_tap_fraction"]
 
 _RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 
@@ -63,6 +63,43 @@ def valid_tap_fraction(feature_size, rates, kernel_size: int = 3) -> dict:
         _check_positive_int(r, "rates entries")
         out[r] = _axis_valid_fraction(h, k, r) * _axis_valid_fraction(w, k, r)
     return out
+
+
+def aspp(x, weights, rates, project_weight, pool_weight=None, norms=None, eps=1e-5):
+    """Functional twin of :class:`ASPP` (inference): ``(N, C_in, H, W) -> (N, C_out, H, W)``.
+
+    ``weights``: the 1x1 branch ``(C_out, C_in, 1, 1)`` then one ``(C_out, C_in, 3, 3)`` per rate;
+    ``pool_weight`` ``(C_out, C_in, 1, 1)`` adds the image-pooling branch; ``project_weight``
+    ``(C_out, C_out * branches, 1, 1)``. ``norms`` (optional): one ``(mean, var, gamma, beta)`` per
+    branch, then one for the projection, applied as eval-mode batch norm; each conv is followed by its
+    norm and ReLU.
+
+    >>> import torch, atrous.nn as ann
+    >>> w = [torch.randn(4, 3, 1, 1)] + [torch.randn(4, 3, 3, 3) for _ in range(2)]
+    >>> ann.aspp(torch.randn(1, 3, 9, 9), w, (2, 4), torch.randn(4, 16, 1, 1), torch.randn(4, 3, 1, 1)).shape
+    torch.Size([1, 4, 9, 9])
+    """
+    rates = tuple(rates)
+    if len(weights) != len(rates) + 1:
+        raise ValueError(f"weights needs the 1x1 branch plus one 3x3 weight per rate ({len(rates) + 1}), "
+                         f"got {len(weights)}")
+    n_branches = len(weights) + (pool_weight is not None)
+    if norms is not None and len(norms) != n_branches + 1:
+        raise ValueError(f"norms needs one entry per branch plus the projection ({n_branches + 1}), "
+                         f"got {len(norms)}")
+
+    def cbr(h, w, i, dilation=1):
+        h = conv(h, w, None, padding="same", dilation=dilation)
+        if norms is not None:
+            mean, var, gamma, beta = norms[i]
+            h = F.batch_norm(h, mean, var, gamma, beta, training=False, eps=eps)
+        return torch.relu(h)
+
+    outs = [cbr(x, weights[0], 0)] + [cbr(x, w, i + 1, r) for i, (w, r) in enumerate(zip(weights[1:], rates))]
+    if pool_weight is not None:
+        p = cbr(F.adaptive_avg_pool2d(x, 1), pool_weight, len(weights))            # (N, C_out, 1, 1)
+        outs.append(F.interpolate(p, size=x.shape[-2:], mode="bilinear", align_corners=False))
+    return cbr(torch.cat(outs, dim=1), project_weight, n_branches)
 
 
 def _branch(conv: nn.Module, c_out: int) -> nn.Sequential:
