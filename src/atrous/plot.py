@@ -138,7 +138,8 @@ def compare_fields(rows, path):
     """
     import numpy as np
     plt = _plt()
-    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.3 * len(rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(9, 1.1 * len(rows) + 0.8), squeeze=False,
+                             sharex=True)
     for ax, r in zip(axes[:, 0], rows):
         pc = np.asarray(r["path_counts"], dtype=np.float64)
         while pc.ndim > 1:                       # N-D: the slice through the centre of the others

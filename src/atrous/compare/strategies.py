@@ -34,7 +34,7 @@ Field sizes are planned with :func:`atrous.geometry.rf_step` and verified on the
 >>> plan("large", 40, depth=5).kernels
 (9, 9, 9, 9, 9)
 >>> plan("pool", 40, depth=5).pools
-(True, True, True, True, False)
+(True, True, True, False, False)
 """
 
 from __future__ import annotations
