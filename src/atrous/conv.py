@@ -447,7 +447,7 @@ def _forward_planes(xph, wt, spec, lay, rows_cap, workers):
     L = (o1 - 1) * rs1 + o2
     wm = np.ascontiguousarray(wt.transpose(1, 2, 0, 3).reshape(G, cgo, K * cgi))
     y = np.empty((G, cgo, spec.n * o0 * L), dtype=spec.dtype)     # (G, C_out/g, N*out0*L)
-    target = max(1, min(rows_cap, max(_MIN_ROWS, _CHUNK_ELEMS // (K * spec.c_in))))
+    target = max(1, min(rows_cap, max(8 * _MIN_ROWS, _CHUNK_ELEMS // (K * spec.c_in))))
     if workers > 1:
         target = min(target, max(_MIN_ROWS // 4, -(-spec.n * o0 * L // (3 * workers))))
     per = max(1, target // L)                                        # planes per chunk
