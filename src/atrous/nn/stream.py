@@ -219,6 +219,8 @@ class Stepper(nn.Module):
                 program, single = torch.jit.script(program), torch.jit.script(single)
         self.program = program
         self.single = single
+        self.scripted = script
+        object.__setattr__(self, "_eager", None)   # closure program for eager T = 1 steps (not a submodule)
         self.in_channels = in_channels
         self.inplace = inplace
         self.ring_shapes = [(c.dilation, c.k - 1, c.in_channels) for c in convs]  # per layer, after N
@@ -255,10 +257,19 @@ class Stepper(nn.Module):
                              f"with batch {state[1].size(0) if len(state) > 1 else None}")
         with torch.no_grad():
             if self.has_single and x.size(2) == 1:
-                y, new = self.single(x, list(state))
+                if self.scripted:
+                    y, new = self.single(x, list(state))
+                else:
+                    if self._eager is None:
+                        object.__setattr__(self, "_eager", _eager_program(self.single))
+                    y, new = self._eager(x, list(state))
             else:
                 y, new = self.program(x, list(state))
         return y, tuple(new)
+
+    def _apply(self, fn, recurse=True):            # .to()/.double(): rebuild the eager closures later
+        object.__setattr__(self, "_eager", None)
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         if self.has_single and x.size(2) == 1:
@@ -319,6 +330,50 @@ class _Single(nn.Module):
         y.add_(c.bias)
         block.select(1, q).copy_(x)                             # newest replaces oldest
         return y
+
+
+def _single_fn(sc: StreamConv1d):
+    """:class:`_Single`'s step as a closure over plain tensors: no module call, no attribute lookups."""
+    d, L, w_last, bias = sc.dilation, sc.history, sc.w_last, sc.bias
+    rots = list(sc.w_rot.unbind(0))
+
+    def single_step(x, ring, ti):
+        q = (ti % L) // d
+        block = ring.select(1, ti % d)
+        y = torch.mm(x, w_last)
+        y.addmm_(block.reshape(x.shape[0], -1), rots[q])
+        y.add_(bias)
+        block.select(1, q).copy_(x)
+        return y
+    return single_step
+
+
+def _pointwise_fn(pw: "_Pointwise"):
+    w, b = pw.w, pw.b
+
+    def pointwise(x):
+        y = torch.mm(x, w)
+        y.add_(b)
+        return y
+    return pointwise
+
+
+def _eager_program(single: fx.GraphModule) -> fx.GraphModule:
+    """The T = 1 program with its streaming and 1x1 convs turned into closures (eager speed: the
+    per-layer cost is then the handful of tensor ops, not ``Module.__call__`` and attribute lookups)."""
+    g = fx.Graph()
+    env: dict = {}
+    root: dict = {}
+    for node in single.graph.nodes:
+        if node.op == "call_module":
+            mod = single.get_submodule(node.target)
+            if isinstance(mod, (_Single, _Pointwise)):
+                fn = _single_fn(mod.conv) if isinstance(mod, _Single) else _pointwise_fn(mod)
+                env[node] = g.call_function(fn, tuple(env[a] if isinstance(a, fx.Node) else a for a in node.args))
+                continue
+            root[node.target] = mod
+        env[node] = g.node_copy(node, lambda n: env[n])
+    return fx.GraphModule(root, g, class_name="EagerStep")
 
 
 class _Pointwise(nn.Module):
