@@ -252,3 +252,15 @@ def test_fast_program_does_not_clobber_shared_tensors():
     x = torch.randn(2, 2, 12, dtype=torch.float64)
     got, _ = run_stream(ann.stream(m), x, [1] * 12)
     torch.testing.assert_close(got, m(x), rtol=0, atol=1e-12)
+
+
+def test_dtype_change_after_use_rebuilds_fast_path():
+    torch.manual_seed(6)
+    model = ann.TCN(3, [4, 5], 3, [1, 3]).eval()
+    s = ann.stream(model)
+    s.step(torch.randn(1, 3, 1), s.init_state(1))          # builds the float32 eager closures
+    s.double()
+    x = torch.randn(2, 3, 9, dtype=torch.float64)
+    got, _ = run_stream(s, x, [1] * 9)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, model.double()(x), rtol=0, atol=1e-10)
