@@ -93,6 +93,7 @@ def test_values_match_hand_padded_torch_conv(case, bias):
         assert tuple(got.shape[2:]) == tuple(math.ceil(n / st_) for n, st_ in zip(sizes, s))
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 @settings(max_examples=40)
 @given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 4), st.integers(4, 12))
 def test_same_at_stride_1_equals_torch_same(nd, k, d, n):

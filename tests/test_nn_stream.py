@@ -264,3 +264,27 @@ def test_dtype_change_after_use_rebuilds_fast_path():
     got, _ = run_stream(s, x, [1] * 9)
     assert got.dtype == torch.float64
     torch.testing.assert_close(got, model.double()(x), rtol=0, atol=1e-10)
+
+
+class Scaled(nn.Module):
+    """A parameter used directly in forward (an fx get_attr): the 2-D T = 1 program is not built and
+    single samples take StreamConv1d's own in-place path."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = ann.Conv1d(2, 3, 3, padding="causal", dilation=2)
+        self.mix = ann.Conv1d(3, 3, 1, groups=3)
+        self.scale = nn.Parameter(torch.rand(1, 3, 1) + 0.5)
+
+    def forward(self, x):
+        return self.mix(torch.relu(self.conv(x))) * self.scale
+
+
+def test_get_attr_model_uses_three_d_fast_path():
+    torch.manual_seed(7)
+    m = Scaled().double().eval()
+    s = ann.stream(m)
+    assert not s.has_single
+    x = torch.randn(2, 2, 15, dtype=torch.float64)
+    got, _ = run_stream(s, x, [1, 1, 4, 1, 8])
+    torch.testing.assert_close(got, m(x), rtol=0, atol=1e-12)
