@@ -53,9 +53,9 @@ class GatedCausal(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x):
-        f, g = self.a(x).chunk(2, dim=1)
+        f, g = torch.chunk(self.a(x), 2, 1)
         h = torch.tanh(f) * torch.sigmoid(g)
-        h = torch.cat([self.b(h), h], dim=1)
+        h = torch.cat([self.b(h), h], -2)                 # positional dim, channels of (N, C, T)
         y = self.act(self.bn(self.c(h))) + x
         return self.g(y) * 0.5
 
@@ -287,4 +287,16 @@ def test_get_attr_model_uses_three_d_fast_path():
     assert not s.has_single
     x = torch.randn(2, 2, 15, dtype=torch.float64)
     got, _ = run_stream(s, x, [1, 1, 4, 1, 8])
+    torch.testing.assert_close(got, m(x), rtol=0, atol=1e-12)
+
+
+def test_two_d_program_with_batch_norm_gating_and_positional_cat():
+    torch.manual_seed(8)
+    m = GatedCausal(groups=1).double().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+    s = ann.stream(m)
+    assert s.has_single
+    x = torch.randn(2, 3, 20, dtype=torch.float64)
+    got, _ = run_stream(s, x, [1] * 20)
     torch.testing.assert_close(got, m(x), rtol=0, atol=1e-12)

@@ -167,6 +167,16 @@ def _causal_conv_spec(name: str, m: nn.Module):
     return m.weight, m.bias, d, m.groups
 
 
+def _dim_pos(node: fx.Node) -> int:
+    """Position of ``dim`` in the args: ``cat(tensors, dim)``, ``chunk/split(x, n, dim)``."""
+    return 1 if node.target in (torch.cat, torch.concat) else 2
+
+
+def _dim_of(node: fx.Node):
+    i = _dim_pos(node)
+    return node.kwargs.get("dim", node.args[i] if len(node.args) > i else 0)
+
+
 def _check_pointwise(node: fx.Node, split_nodes: set) -> None:
     where = f"operation {node.format_node()!r}"
     if node.op == "call_function":
@@ -175,8 +185,7 @@ def _check_pointwise(node: fx.Node, split_nodes: set) -> None:
         if node.target is operator.getitem and node.args[0] in split_nodes and isinstance(node.args[1], int):
             return
         if node.target in (torch.chunk, torch.split, torch.cat, torch.concat):
-            dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
-            if dim in _CHANNEL_DIMS:
+            if _dim_of(node) in _CHANNEL_DIMS:
                 if node.target in (torch.chunk, torch.split):
                     split_nodes.add(node)
                 return
@@ -184,8 +193,7 @@ def _check_pointwise(node: fx.Node, split_nodes: set) -> None:
         if node.target in _POINTWISE_METHODS:
             return
         if node.target in ("chunk", "split"):
-            dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
-            if dim in _CHANNEL_DIMS:
+            if _dim_of(node) in _CHANNEL_DIMS:
                 split_nodes.add(node)
                 return
     raise ValueError(f"stream: {where} is not known to be pointwise in time; streaming supports "
@@ -480,8 +488,9 @@ def _build(graph: fx.Graph, model: nn.Module, inplace: bool, single_of):
             _check_pointwise(node, split_nodes)
             new = g.node_copy(node, lambda n: env[n])
             if single and (node.target in _CHANNEL_SPLITS or node.target in (torch.cat, torch.concat)):
-                if len(new.args) > 2:                             # channel dim is 1 on (N, C) as well
-                    new.args = new.args[:2] + (1,) + new.args[3:]
+                i = _dim_pos(node)                                # channel dim is 1 on (N, C) as well
+                if len(new.args) > i:
+                    new.args = new.args[:i] + (1,) + new.args[i + 1:]
                 else:
                     new.kwargs = {**new.kwargs, "dim": 1}
             env[node] = new
