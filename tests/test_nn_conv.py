@@ -89,6 +89,9 @@ def test_values_match_hand_padded_torch_conv(case, bias):
     # the functional twin agrees
     torch.testing.assert_close(ann.conv(x, m.weight, m.bias, s, mode, d, groups, causal_axes=axes), want,
                                rtol=1e-12, atol=1e-12)
+    engine = atrous.conv(x.numpy(), m.weight.detach().numpy(), None if m.bias is None else m.bias.detach().numpy(),
+                         stride=s, padding=mode, dilation=d, groups=groups, causal_axes=axes)
+    np.testing.assert_allclose(got.detach().numpy(), engine, rtol=1e-10, atol=1e-10)   # NumPy engine
     if mode in ("same", "causal"):                   # length kept up to the stride: ceil(n / s)
         assert tuple(got.shape[2:]) == tuple(math.ceil(n / st_) for n, st_ in zip(sizes, s))
 
