@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import numpy as np
@@ -89,7 +90,9 @@ def main(argv=None):
     info, threads = blas_info()
     torch.set_num_threads(threads)
     print(f"numpy {np.__version__} BLAS: {info}; torch {torch.__version__} threads "
-          f"{torch.get_num_threads()}; float32")
+          f"{torch.get_num_threads()}; float32; OPENBLAS_CORETYPE="
+          f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; load average "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     import importlib
     engine = importlib.import_module("atrous.conv")
     engine._FORCE = args.strategy
@@ -131,6 +134,7 @@ def main(argv=None):
             rows.append((name, kind, fl / a / 1e9, fl / t / 1e9, t / a))
             print(f"{name:32s} {kind}  atrous {fl / a / 1e9:7.1f} GFLOP/s  torch "
                   f"{fl / t / 1e9:7.1f} GFLOP/s  ratio {t / a:5.2f}", flush=True)
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     if args.markdown:
         print("\n| shape | pass | atrous GFLOP/s | torch GFLOP/s | atrous / torch |")
         print("|---|---|---:|---:|---:|")

@@ -331,32 +331,48 @@ def _phase_slices(spec, lay):
     return out
 
 
-def _to_phases(x, spec, lay, tail=0):
+def _copy(dst, src, workers):
+    """``dst[...] = src``, split along axis 0 (channels) over the worker threads."""
+    if workers <= 1 or dst.shape[0] < 2:
+        dst[...] = src
+        return
+    step = -(-dst.shape[0] // (2 * workers))
+
+    def part(a):
+        dst[a:a + step] = src[a:a + step]
+    _run(part, [(a,) for a in range(0, dst.shape[0], step)], workers)
+
+
+def _to_phases(x, spec, lay, tail=0, workers=1):
     """(N, C, *spatial) -> zero-padded phase layout (nph, C, N*P + tail)."""
     c = x.shape[1]
     buf = np.zeros((lay.nph, c, spec.n * lay.P + tail), dtype=spec.dtype)
     grid = buf[:, :, :spec.n * lay.P].reshape((lay.nph, c, spec.n) + lay.sph)
     xt = x.transpose((1, 0) + tuple(range(2, x.ndim)))        # (C, N, *spatial), a view
     for ph, (qs, xs) in enumerate(_phase_slices(spec, lay)):
-        grid[(ph, slice(None), slice(None)) + qs] = xt[(slice(None), slice(None)) + xs]
+        _copy(grid[(ph, slice(None), slice(None)) + qs], xt[(slice(None), slice(None)) + xs],
+              workers)
     return buf
 
 
-def _from_phases(buf, spec, lay, c):
+def _from_phases(buf, spec, lay, c, workers=1):
     """Inverse of :func:`_to_phases`: phase layout (nph, C, N*P) -> (N, C, *in_sizes)."""
     out = np.empty((spec.n, c) + spec.in_sizes, dtype=spec.dtype)
     grid = buf.reshape((lay.nph, c, spec.n) + lay.sph)
     ot = out.transpose((1, 0) + tuple(range(2, out.ndim)))
     for ph, (qs, xs) in enumerate(_phase_slices(spec, lay)):
-        ot[(slice(None), slice(None)) + xs] = grid[(ph, slice(None), slice(None)) + qs]
+        _copy(ot[(slice(None), slice(None)) + xs], grid[(ph, slice(None), slice(None)) + qs],
+              workers)
     return out
 
 
-def _grid_to_out(grid, spec, lay, c):
+def _grid_to_out(grid, spec, lay, c, workers=1):
     """Grid (C, N*P) -> (N, C, *out_sizes), cropping the rows that are not real outputs."""
     g = grid.reshape((c, spec.n) + lay.sph)[(slice(None), slice(None))
                                              + tuple(slice(0, o) for o in spec.out_sizes)]
-    return np.ascontiguousarray(g.transpose((1, 0) + tuple(range(2, g.ndim))))
+    out = np.empty((spec.n, c) + spec.out_sizes, dtype=spec.dtype)
+    _copy(out.transpose((1, 0) + tuple(range(2, out.ndim))), g, workers)
+    return out
 
 
 def _strategy(c_red, c_acc, groups, K, backward=False) -> str:
@@ -408,10 +424,11 @@ def _forward(x, weight, spec):
     how = _strategy(cgi, cgo, G, K)
     planes = how == "im2col" and len(spec.kernel) == 3
     # (nph, G, C_in/g, rows [+ a tail of one plane, read by the plane views below])
-    xph = _to_phases(x, spec, lay, lay.rs[0] if planes else 0).reshape(lay.nph, G, cgi, -1)
+    workers = _max_workers(_flops(spec))
+    xph = _to_phases(x, spec, lay, lay.rs[0] if planes else 0, workers)
+    xph = xph.reshape(lay.nph, G, cgi, -1)
     wt = _weights(weight, spec)                                         # (K, G, C_out/g, C_in/g)
     row_elems = K * spec.c_in if how == "im2col" else 2 * spec.c_out      # buffers per row
-    workers = _max_workers(_flops(spec))
     rows_cap = spec.budget // (workers * row_elems * spec.dtype.itemsize)
     if planes:
         return _forward_planes(xph, wt, spec, lay, rows_cap, workers)
@@ -431,7 +448,7 @@ def _forward(x, weight, spec):
                                          for t, (ph, off) in enumerate(lay.taps)],
                         how == "elementwise" and cgi == 1)
     _run(work, tasks, workers)
-    return _grid_to_out(y.reshape(spec.c_out, -1), spec, lay, spec.c_out)
+    return _grid_to_out(y.reshape(spec.c_out, -1), spec, lay, spec.c_out, workers)
 
 
 def _forward_planes(xph, wt, spec, lay, rows_cap, workers):
@@ -481,15 +498,15 @@ def _backward(gy, x, weight, spec, want_x=True, want_w=True):
     cgi, cgo = spec.c_in // G, spec.c_out // G
     isz = spec.dtype.itemsize
     lay = _layout(spec)
+    workers = _max_workers(_flops(spec))
     front = max(off for _, off in lay.taps)            # zero rows before the grid: row - off >= 0
     gyp = np.zeros((spec.c_out, front + spec.n * lay.P), dtype=spec.dtype)
     view = gyp[:, front:].reshape((spec.c_out, spec.n) + lay.sph)
     # gy may cover fewer outputs than the grid allows (conv_transpose's output_padding)
-    view[(slice(None), slice(None)) + tuple(slice(0, o) for o in gy.shape[2:])] = \
-        gy.transpose((1, 0) + tuple(range(2, gy.ndim)))
+    _copy(view[(slice(None), slice(None)) + tuple(slice(0, o) for o in gy.shape[2:])],
+          gy.transpose((1, 0) + tuple(range(2, gy.ndim))), workers)
     gyp = gyp.reshape(G, cgo, -1)                      # (G, C_out/g, front + rows)
     wt = _weights(weight, spec)                        # (K, G, C_out/g, C_in/g)
-    workers = _max_workers(_flops(spec))
     gx = gw = None
     if want_x:
         wT = np.ascontiguousarray(wt.transpose(0, 1, 3, 2))              # (K, G, C_in/g, C_out/g)
@@ -521,9 +538,9 @@ def _backward(gy, x, weight, spec, want_x=True, want_w=True):
                             [(wT[t], gyp[:, :, front + r0 - off:front + r1 - off])
                              for t, off in by_phase[p]], how == "elementwise" and cgo == 1)
         _run(work, tasks, workers)
-        gx = _from_phases(dx.reshape(lay.nph, spec.c_in, -1), spec, lay, spec.c_in)
+        gx = _from_phases(dx.reshape(lay.nph, spec.c_in, -1), spec, lay, spec.c_in, workers)
     if want_w:
-        xph = _to_phases(x, spec, lay).reshape(lay.nph, G, cgi, -1)
+        xph = _to_phases(x, spec, lay, 0, workers).reshape(lay.nph, G, cgi, -1)
 
         def work(r0, r1):           # dW_j += gy[rows] @ x[rows + off_j]^T, reduced over rows
             dw = np.zeros((K, G, cgo, cgi), dtype=spec.dtype)
