@@ -262,14 +262,15 @@ def _bars(quiet: bool):
 
 
 def _dist():
-    """(rank, world, torch.distributed or None); initialises gloo under torchrun."""
+    """(rank, world, torch.distributed or None, whether we initialised it); gloo under torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, None
+        return 0, 1, None, False
     dist = require("torch.distributed", "torch")
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size(), dist
+    return dist.get_rank(), dist.get_world_size(), dist, owned
 
 
 def run_study(study: Study, out: str, *, force: bool = False, quiet: bool = False,
@@ -278,7 +279,7 @@ def run_study(study: Study, out: str, *, force: bool = False, quiet: bool = Fals
     (on rank 0; other ranks return ``[]``). ``runner`` is the function training one run."""
     study.validate()
     runner = runner or run_one
-    rank, world, dist = _dist()
+    rank, world, dist, owned = _dist()
     if ds is None:
         ds = load_task(study.task, study.data_dir, study.n_train, study.n_test)
     path = os.path.join(out, "results.jsonl")
@@ -320,6 +321,8 @@ def run_study(study: Study, out: str, *, force: bool = False, quiet: bool = Fals
         runs.close()
     if dist is not None:
         dist.barrier()
+        if owned:
+            dist.destroy_process_group()
     if rank != 0:
         return []
     keys = {run_key(c) for c in configs}
