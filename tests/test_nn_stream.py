@@ -2,6 +2,7 @@
 chunking and batch size; errors name the offending layer; state save/restore; TorchScript; ONNX
 (run step by step with onnxruntime)."""
 
+import copy
 import io
 import warnings
 
@@ -300,3 +301,36 @@ def test_two_d_program_with_batch_norm_gating_and_positional_cat():
     x = torch.randn(2, 3, 20, dtype=torch.float64)
     got, _ = run_stream(s, x, [1] * 20)
     torch.testing.assert_close(got, m(x), rtol=0, atol=1e-12)
+
+
+def test_interleaved_states_single_steps():
+    """Two independent streams through one stepper, alternating sample by sample (the eager fast path
+    caches views per ring tensor: switching rings must not mix them up)."""
+    torch.manual_seed(9)
+    model = ann.TCN(3, [4, 4], 3, [1, 3]).double().eval()
+    s = ann.stream(model)
+    xa, xb = torch.randn(2, 3, 16, dtype=torch.float64), torch.randn(1, 3, 16, dtype=torch.float64)
+    sa, sb = s.init_state(2), s.init_state(1)
+    ya, yb = [], []
+    for i in range(16):
+        y, sa = s.step(xa[:, :, i:i + 1], sa)
+        ya.append(y)
+        y, sb = s.step(xb[:, :, i:i + 1], sb)
+        yb.append(y)
+        if i == 7:                                     # a restored snapshot is a new ring object
+            sa = s.clone_state(sa)
+    torch.testing.assert_close(torch.cat(ya, 2), model(xa), rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.cat(yb, 2), model(xb), rtol=0, atol=1e-12)
+
+
+def test_stepper_deepcopy_and_pickle_after_use():
+    model = ann.TCN(3, [4], 3, [2]).double().eval()
+    s = ann.stream(model)
+    s.step(torch.randn(1, 3, 1, dtype=torch.float64), s.init_state(1))      # builds the eager closures
+    buf = io.BytesIO()
+    torch.save(s, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(s), torch.load(buf, weights_only=False)):
+        x = torch.randn(2, 3, 6, dtype=torch.float64)
+        got, _ = run_stream(other, x, [1] * 6)
+        torch.testing.assert_close(got, model(x), rtol=0, atol=1e-12)
