@@ -212,7 +212,8 @@ class Stepper(nn.Module):
 
     ``state = s.init_state(batch_size)``; ``y, state = s.step(x, state)`` with ``x (N, C_in, T)``,
     any ``T >= 1``, ``y (N, C_out, T)``. ``forward(x, state_list) -> (y, new_state_list)`` is the
-    same computation on a list (the form TorchScript and ONNX see).
+    same computation on a list (the form TorchScript and ONNX see). One stepper serves any number of
+    states, one call at a time (not from several threads at once: the eager path caches ring views).
 
     >>> import torch, atrous.nn as ann
     >>> s = ann.stream(ann.WaveNet(1, 2, residual_channels=4, layers_per_stack=3))
