@@ -590,3 +590,19 @@ def test_parallel_chunks_restore_blas_threads_and_are_thread_safe():
         np.testing.assert_allclose(g, e, rtol=1e-12)
     after = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
     assert after == before
+
+
+def test_parallel_chunks_work_in_a_forked_child():
+    pytest.importorskip("threadpoolctl")
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    x = np.random.default_rng(4).standard_normal((2, 3, 12, 10))
+    w = np.ones((4, 3, 3, 3))
+    with strategy(None, parallel=True):
+        parent = atrous.conv(x, w, padding=1)            # the pool now exists in the parent
+        with mp.get_context("fork").Pool(1) as pool:
+            child = pool.apply_async(atrous.conv, (x, w), {"padding": 1}).get(timeout=60)
+    np.testing.assert_allclose(child, parent, rtol=1e-12)
+    np.testing.assert_allclose(parent, ref_conv(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+                               rtol=1e-12)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import threading
 from typing import NamedTuple
 
@@ -275,7 +276,7 @@ def _tasks(spec, lay, row_elems, rows_cap, workers=1, whole=False):
 # single-threaded BLAS (NumPy releases the GIL inside copies, ufuncs and matmul). Without it, or
 # for small calls, chunks run one after the other with multi-threaded BLAS.
 _PAR_MIN_FLOPS = 2e7
-_POOL = None                # (size, ThreadPoolExecutor)
+_POOL = None                # (pid, size, ThreadPoolExecutor)
 _CTL = None
 _LOCK = threading.Lock()
 
@@ -303,13 +304,16 @@ def _run(work, tasks, workers):
     workers = min(workers, len(tasks))
     if workers <= 1:
         return [work(*t) for t in tasks]
-    global _POOL
+    global _POOL, _LOCK
+    if _POOL is not None and _POOL[0] != os.getpid():    # forked child: the threads are gone
+        _POOL, _LOCK = None, threading.Lock()
     # one parallel section at a time: the BLAS thread limit is process-wide state
     with _LOCK, _controller().limit(limits=1, user_api="blas"):
-        if _POOL is None or _POOL[0] < workers:
+        if _POOL is None or _POOL[1] < workers:
             from concurrent.futures import ThreadPoolExecutor
-            _POOL = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous"))
-        return list(_POOL[1].map(lambda t: work(*t), tasks))
+            _POOL = (os.getpid(), workers,
+                     ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous"))
+        return list(_POOL[2].map(lambda t: work(*t), tasks))
 
 
 def _phase_slices(spec, lay):
