@@ -42,7 +42,7 @@ TASK_DEFAULTS = {
     "mnist1d": dict(epochs=12, width=32, depth=5, batch_size=128, lr=1e-2, n_train=None, n_test=None),
     "fashion-mnist": dict(epochs=4, width=16, depth=5, batch_size=128, lr=1e-2, n_train=5000,
                           n_test=1000),
-    "fashion-seg": dict(epochs=4, width=8, depth=6, batch_size=32, lr=1e-2, n_train=1000,
+    "fashion-seg": dict(epochs=8, width=16, depth=6, batch_size=32, lr=1e-2, n_train=1000,
                         n_test=200),
 }
 # --quick: a smoke run (< 30 s for all six strategies, one seed)
