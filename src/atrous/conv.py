@@ -387,8 +387,9 @@ def _strategy(c_red, c_acc, groups, K, backward=False) -> str:
         return "elementwise"
     # im2col copies K*c_red values per row (in cache, on every thread) for one GEMM that reduces
     # over K*c_red; per-tap GEMMs reduce over c_red only and move about 3*K*c_acc values per row.
-    # Measured with benchmarks/engine.py --strategy: im2col wins every forward shape; for dL/dx
-    # the per-tap GEMMs win once c_red >= 16 and c_red is not much smaller than c_acc.
+    # Measured with benchmarks/engine.py --strategy (noisy, shared machine): im2col won or tied
+    # on every forward shape; for dL/dx per-tap GEMMs won once c_red >= 16 and c_red is not much
+    # smaller than c_acc.
     if not backward or c_red * 2 <= c_acc or c_red < 16:
         return "im2col"
     return "tap"
@@ -427,8 +428,8 @@ def _forward(x, weight, spec):
     lay = _layout(spec)
     how = _strategy(cgi, cgo, G, K)
     planes = how == "im2col" and len(spec.kernel) == 3
-    # (nph, G, C_in/g, rows [+ a tail of one plane, read by the plane views below])
     workers = _max_workers(_flops(spec))
+    # (nph, G, C_in/g, rows [+ a tail of one plane, read by the plane views below])
     xph = _to_phases(x, spec, lay, lay.rs[0] if planes else 0, workers)
     xph = xph.reshape(lay.nph, G, cgi, -1)
     wt = _weights(weight, spec)                                         # (K, G, C_out/g, C_in/g)
