@@ -606,3 +606,18 @@ def test_parallel_chunks_work_in_a_forked_child():
     np.testing.assert_allclose(child, parent, rtol=1e-12)
     np.testing.assert_allclose(parent, ref_conv(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
                                rtol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, (1, 2, 3)])
+def test_3d_long_lines_use_the_direct_im2col_path(stride):
+    # 3-D outputs with lines of >= 64 samples go straight into the output (no plane segments)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4, 3, 4, 200))
+    w = rng.standard_normal((6, 2, 2, 3, 3))
+    kwargs = dict(stride=stride, padding="same", dilation=(1, 2, 3), groups=2)
+    y = atrous.conv(x, w, **kwargs)
+    assert y.shape[-1] >= 64
+    s = geometry.normalize_tuple(stride, 3, "stride")
+    pads = geometry.resolve_padding("same", x.shape[2:], w.shape[2:], s, (1, 2, 3))
+    np.testing.assert_allclose(y, ref_conv(x, w, None, s, pads, (1, 2, 3), 2), rtol=1e-10,
+                               atol=1e-12)

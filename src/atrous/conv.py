@@ -22,10 +22,10 @@ row offset ``off_j`` into ONE phase: the input window of a tap is a contiguous s
 
     y_grid[:, row] = sum_j  W_j @ xph[phase_j, :, row + off_j]         (W_j: (C_out, C_in) per group)
 
-is one large BLAS GEMM per tap ("tap" strategy), or one GEMM on the stacked slices ("im2col"
-strategy, better when ``C_in`` is small), or a broadcast multiply-add for depthwise weights
-("elementwise"). Outputs are computed on the phase grid and the rows that are not real outputs are
-cropped at the end. Rows are processed in chunks whose temporary buffers stay under the memory
+is one large BLAS GEMM per tap ("tap" strategy), or a broadcast multiply-add for depthwise weights
+("elementwise"); these compute on the phase grid and crop the rows that are not real outputs at the
+end. The default ("im2col") stacks the tap windows of a block of output lines, cropped to the real
+outputs, into a patch that stays in cache and runs one GEMM that writes straight into the result. Rows are processed in chunks whose temporary buffers stay under the memory
 budget (:func:`set_memory_budget`); besides the chunk buffers the engine holds one padded copy of
 the input and the output on the phase grid (both proportional to the arrays themselves). Big calls
 run their chunks on a small thread pool with single-threaded BLAS when ``threadpoolctl`` is
@@ -427,33 +427,72 @@ def _forward(x, weight, spec):
     cgi, cgo = spec.c_in // G, spec.c_out // G
     lay = _layout(spec)
     how = _strategy(cgi, cgo, G, K)
-    planes = how == "im2col" and len(spec.kernel) == 3
     workers = _max_workers(_flops(spec))
-    # (nph, G, C_in/g, rows [+ a tail of one plane, read by the plane views below])
-    xph = _to_phases(x, spec, lay, lay.rs[0] if planes else 0, workers)
-    xph = xph.reshape(lay.nph, G, cgi, -1)
     wt = _weights(weight, spec)                                         # (K, G, C_out/g, C_in/g)
-    row_elems = K * spec.c_in if how == "im2col" else 2 * spec.c_out      # buffers per row
-    rows_cap = spec.budget // (workers * row_elems * spec.dtype.itemsize)
-    if planes:
-        return _forward_planes(xph, wt, spec, lay, rows_cap, workers)
-    tasks = _tasks(spec, lay, row_elems, rows_cap, workers)
-    y = np.empty((G, cgo, spec.n * lay.P), dtype=spec.dtype)            # output on the grid
     if how == "im2col":
-        wm = np.ascontiguousarray(wt.transpose(1, 2, 0, 3).reshape(G, cgo, K * cgi))
+        # tail rows read past the grid by the window views (one plane for _forward_planes)
+        tail = max(max(off for _, off in lay.taps), lay.rs[0])
+        xph = _to_phases(x, spec, lay, tail, workers).reshape(lay.nph, G, cgi, -1)
+        if len(spec.kernel) == 3 and spec.out_sizes[2] < 64:
+            # short lines make the cropped windows slow to copy: keep the padded line ends
+            rows_cap = spec.budget // (workers * K * spec.c_in * spec.dtype.itemsize)
+            return _forward_planes(xph, wt, spec, lay, rows_cap, workers)
+        return _forward_im2col(xph, wt, spec, lay, workers)
+    xph = _to_phases(x, spec, lay, 0, workers).reshape(lay.nph, G, cgi, -1)
+    row_elems = 2 * spec.c_out                                          # buffers per row
+    tasks = _tasks(spec, lay, row_elems, spec.budget // (workers * row_elems * spec.dtype.itemsize),
+                   workers)
+    y = np.empty((G, cgo, spec.n * lay.P), dtype=spec.dtype)            # output on the grid
 
-        def work(r0, r1):
-            patch = np.empty((G, K * cgi, r1 - r0), dtype=spec.dtype)   # (G, K*C_in/g, R)
-            for t, (ph, off) in enumerate(lay.taps):
-                patch[:, t * cgi:(t + 1) * cgi] = xph[ph, :, :, r0 + off:r1 + off]
-            np.matmul(wm, patch, out=y[:, :, r0:r1])
-    else:
-        def work(r0, r1):                                               # acc: (G, C_out/g, R)
-            _accumulate(y[:, :, r0:r1], [(wt[t], xph[ph, :, :, r0 + off:r1 + off])
-                                         for t, (ph, off) in enumerate(lay.taps)],
-                        how == "elementwise" and cgi == 1)
+    def work(r0, r1):                                                   # acc: (G, C_out/g, R)
+        _accumulate(y[:, :, r0:r1], [(wt[t], xph[ph, :, :, r0 + off:r1 + off])
+                                     for t, (ph, off) in enumerate(lay.taps)],
+                    how == "elementwise" and cgi == 1)
     _run(work, tasks, workers)
     return _grid_to_out(y.reshape(spec.c_out, -1), spec, lay, spec.c_out, workers)
+
+
+def _forward_im2col(xph, wt, spec, lay, workers):
+    """im2col straight into the output: a chunk is a block of output lines (axis 0) of one
+    sample, or whole samples; its patch holds only real output positions, and the GEMM writes
+    into the returned ``(N, C_out, *out)`` array, so no padding rows are computed or cropped.
+
+    For tap ``j`` the window of the chunk is the phase grid seen at row offset ``off_j``:
+    ``xph[phase_j, :, n*P + off_j:].reshape(*sph)[t0 range, :out1, :out2]``.
+    """
+    G, K = spec.groups, math.prod(spec.kernel)
+    cgi, cgo = spec.c_in // G, spec.c_out // G
+    out = spec.out_sizes
+    M1 = math.prod(out[1:])                            # outputs per line of axis 0
+    M = out[0] * M1                                    # outputs per sample
+    wm = np.ascontiguousarray(wt.transpose(1, 2, 0, 3).reshape(G, 1, cgo, K * cgi))
+    y = np.empty((spec.n, spec.c_out) + out, dtype=spec.dtype)
+    per_pos = K * spec.c_in                            # patch elements per output position
+    target = min(spec.budget // (workers * per_pos * spec.dtype.itemsize),
+                 max(_MIN_ROWS, _CHUNK_ELEMS // per_pos))
+    if workers > 1:
+        target = min(target, max(_MIN_ROWS // 4, -(-spec.n * M // (3 * workers))))
+    if M <= target:                                    # whole samples per chunk
+        nn = max(1, target // M)
+        tasks = [(n, min(n + nn, spec.n), 0, out[0]) for n in range(0, spec.n, nn)]
+    else:                                              # blocks of lines (at least one line)
+        cnt = max(1, target // M1)
+        tasks = [(n, n + 1, a, min(a + cnt, out[0])) for n in range(spec.n)
+                 for a in range(0, out[0], cnt)]
+    crop = tuple(slice(0, o) for o in out[1:])
+
+    def work(n0, n1, a, b):
+        nn = n1 - n0
+        patch = np.empty((G, nn, K * cgi, b - a) + out[1:], dtype=spec.dtype)
+        for t, (ph, off) in enumerate(lay.taps):
+            win = xph[ph, :, :, n0 * lay.P + off:n1 * lay.P + off]
+            win = win.reshape((G, cgi, nn) + lay.sph)[(Ellipsis, slice(a, b)) + crop]
+            patch[:, :, t * cgi:(t + 1) * cgi] = win.transpose((0, 2, 1) + tuple(range(3, win.ndim)))
+        dst = y[n0:n1].reshape(nn, G, cgo, M)[:, :, :, a * M1:b * M1]    # (nn, G, C_out/g, R)
+        np.matmul(wm, patch.reshape(G, nn, K * cgi, (b - a) * M1), out=dst.transpose(1, 0, 2, 3))
+
+    _run(work, tasks, workers)
+    return y
 
 
 def _forward_planes(xph, wt, spec, lay, rows_cap, workers):
