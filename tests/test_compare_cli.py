@@ -26,7 +26,9 @@ def _records(out):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick") / "res"
+    threads = torch.get_num_threads()
     assert main(["compare", "--quick", "--quiet", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads          # the per-run thread count is restored
     return out
 
 

@@ -214,10 +214,19 @@ def _plain(v):
 
 
 def run_one(cfg: dict, ds: Dataset, bar=None) -> dict:
-    """Build, verify, measure and train one run; return its record."""
+    """Build, verify, measure and train one run; return its record. Uses ``cfg["threads"]`` torch
+    threads (restored afterwards)."""
     torch = require("torch")
-    from .train import train_run
+    threads = torch.get_num_threads()
     torch.set_num_threads(cfg["threads"])
+    try:
+        return _run_one(cfg, ds, bar, torch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_one(cfg, ds, bar, torch) -> dict:
+    from .train import train_run
     torch.manual_seed(cfg["seed"])
     model = S.build(cfg["strategy"], ds.in_channels, ds.num_classes, cfg["target_rf"],
                     dims=len(ds.spatial), depth=cfg["depth"], width=cfg["width"], dense=ds.dense,
