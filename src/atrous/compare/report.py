@@ -220,7 +220,8 @@ def write_report(records: list[dict], out: str, command: str = "atrous compare",
         f"receptive field {cfg.get('target_rf')} per axis, depth {cfg.get('depth')}, width "
         f"{cfg.get('width')}, {cfg.get('epochs')} epochs, batch {cfg.get('batch_size')}, AdamW lr "
         f"{cfg.get('lr')} (one-cycle), torch threads per run {cfg.get('threads')}. "
-        f"Test {metric}: mean ± sample std over seeds.", "",
+        f"Test {metric}: mean ± sample std over seeds. {len(records)} runs, "
+        f"{sum(r.get('train_time', 0.0) for r in records):.0f} s of training in total.", "",
         table_markdown(rows), "",
         "*field*: receptive field per axis (`atrous.receptive_field`, checked against the plan); "
         "*coverage*: share of the field's input offsets that reach an output through some path "
