@@ -186,7 +186,8 @@ def _spec(x, weight, bias, stride, padding, dilation, groups, causal_axes, memor
         if weight.shape[0] != c_out:
             raise ValueError(
                 f"weight.shape[0]={weight.shape[0]} must equal C_in={c_out} of x for "
-                f"conv_transpose (weight is (C_in, C_out // groups, *kernel)), x.shape={x.shape}")
+                f"conv_transpose (weight is (C_in, C_out // groups, *kernel) as in PyTorch: pass "
+                f"the weight of the conv being transposed, not its transpose), x.shape={x.shape}")
         if isinstance(padding, str):
             raise ValueError(f"conv_transpose padding must be an int or a tuple of ints, got "
                              f"{padding!r}")
