@@ -7,15 +7,6 @@ import torch.nn.functional as F
 
 import atrous
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread-pool overhead on a shared machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def test_conv_macs_hand_counted_and_dilation_free():
     # 2 x 8 outputs channels x 16*16 positions x 3 input channels x 9 taps

@@ -19,15 +19,6 @@ import atrous
 from atrous import Layer
 from atrous.analysis.coverage import hdc_recursion
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread-pool overhead on a shared machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def brute_counts(layers_1d):
     """layers_1d: list of (kernel, stride, dilation). Counter of input offsets over all tap paths."""

@@ -12,15 +12,6 @@ import atrous
 from atrous import Layer
 from atrous.analysis.erf import linear_stack_sigma
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread-pool overhead on a shared machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 def uniform_stack(specs, dim):
     conv = {1: nn.Conv1d, 2: nn.Conv2d}[dim]

@@ -20,14 +20,6 @@ import atrous
 import atrous.nn as ann
 from atrous import geometry
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny convolutions are latency-bound: one thread avoids OpenMP stalls on the shared 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 CONVS = {1: ann.Conv1d, 2: ann.Conv2d, 3: ann.Conv3d}
 TORCH_CONVS = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}

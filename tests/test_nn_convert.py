@@ -10,15 +10,6 @@ from torch import nn
 import atrous.nn as ann
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny convolutions are latency-bound: one thread avoids OpenMP stalls on the shared 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Basic(nn.Module):               # ResNet-18/34 block
     def __init__(self, cin, cout, stride):
         super().__init__()

@@ -13,15 +13,6 @@ from torch import nn
 import atrous.nn as ann
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny convolutions are latency-bound: one thread avoids OpenMP stalls on the shared 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def positive_weights(model, seed=0):
     """All weights > 0, biases 0: every ReLU stays active, so a gradient is non-zero exactly on the
     inputs an output depends on."""

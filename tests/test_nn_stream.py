@@ -15,15 +15,6 @@ from torch import nn
 import atrous.nn as ann
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny convolutions are latency-bound: one thread avoids OpenMP stalls on the shared 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run_stream(stepper, x, chunks):
     state = stepper.init_state(x.shape[0])
     ys, i = [], 0

@@ -21,15 +21,6 @@ from atrous import Layer, geometry as geo
 
 D = torch.float64     # test precision (explicit: never change torch's global default dtype)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread-pool overhead on a shared machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 
 # ---------------------------------------------------------------- oracles
 
@@ -419,7 +410,6 @@ def test_unsupported_node_is_a_clear_error():
 
     with pytest.raises(ValueError, match="cannot compute the receptive field through node"):
         atrous.receptive_field(Perm(), (1, 1, 4, 6))
-
 
 
 def test_atrous_nn_convs_strided_same_and_causal_brute_force():
