@@ -2,7 +2,6 @@
 files written here, fashion-seg canvases, MNIST-1D offline generation + cache. Nothing downloaded."""
 
 import gzip
-import os
 import struct
 
 import numpy as np

@@ -17,7 +17,6 @@ from hypothesis import given, settings, strategies as st
 
 import atrous
 from atrous import Layer
-from atrous.analysis.coverage import hdc_recursion
 
 
 def brute_counts(layers_1d):

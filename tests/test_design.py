@@ -1,7 +1,6 @@
 """design_dilations against an exhaustive, independently written enumeration."""
 
 import itertools
-import math
 from collections import Counter
 
 import numpy as np

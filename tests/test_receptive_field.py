@@ -7,7 +7,6 @@ figures (Yu & Koltun 2016 context module; VGG-16 conv5_3: field 196, jump 16).
 """
 
 import itertools
-import math
 
 import numpy as np
 import pytest

@@ -29,7 +29,6 @@ Padding specs understood by :func:`resolve_padding`:
 from __future__ import annotations
 
 import difflib
-import math
 import numbers
 from typing import Sequence
 

@@ -70,7 +70,7 @@ def linear_stack_sigma(layers) -> tuple:
     >>> linear_stack_sigma([Layer((3, 5), dilation=(2, 1))])
     (1.632993161855452, 1.4142135623730951)
     """
-    from .receptive_field import receptive_fields, Layer
+    from .receptive_field import receptive_fields
 
     layers = list(layers)
     rfs = list(receptive_fields(layers).values())

@@ -544,7 +544,6 @@ def _unknown(node, name, why=""):
 
 def _lower_node(node, modules, ndim, name, ins, torch) -> _Step:
     import torch.nn as nn
-    import torch.nn.functional as F
 
     if _tensor_meta(node) is None:
         return _Step(name, "union", [])       # not a tensor (x.shape, x.size(), ...)
@@ -687,7 +686,6 @@ def _lower_node(node, modules, ndim, name, ins, torch) -> _Step:
         if dim is None and fname in ("mean", "sum"):       # over everything
             return whole(range(ndim), fname)
     if fname in ("cat", "concat", "concatenate", "stack"):
-        tensors = _arg(node, 0, "tensors")
         dim = _arg(node, 1, "dim", 0)
         rank = len(out_shape)
         if fname != "stack" and (dim % rank) < rank - ndim:
@@ -842,7 +840,6 @@ def _lower_hooks(model, input_shape, reason) -> tuple[list[_Step], int, tuple]:
     """Fallback for models fx cannot trace: run once, record leaf modules in call order, chain them."""
     torch = _require_torch()
     import torch.fx as fx
-    from torch.fx.passes.shape_prop import TensorMetadata  # noqa: F401
 
     ndim = len(input_shape) - 2
     calls = []

@@ -181,7 +181,6 @@ def append_records(path, records: list[dict], replace_keys: bool = True) -> None
 
 def _measure(model, ds: Dataset, cfg: dict) -> dict:
     """Field, coverage, cost and final resolution of the built model (before training)."""
-    from .. import analysis  # noqa: F401  (the public functions below)
     from ..analysis.cost import cost
     from ..analysis.coverage import coverage
     torch = require("torch")
