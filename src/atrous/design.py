@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import geometry
+
 __all__ = ["Schedule", "design_dilations"]
 
 
@@ -89,7 +91,7 @@ def _search(target: int, k: int, depth: int, budget: int, max_field: int):
             m2 = 0
             for t in range(k):
                 m2 |= mask << (t * d)
-            ext2 = ext + (k - 1) * d
+            ext2 = ext + geometry.effective_kernel(k, d) - 1      # rf_step at jump 1
             rec(m2, ext2, m2.bit_count(), r - 1, d, path + [d])
 
     rec(1, 1, 1, depth, 1, [])
