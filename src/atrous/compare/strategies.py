@@ -211,9 +211,9 @@ def build(strategy: str, in_channels: int, num_classes: int, target_rf: int, *, 
     """Build the network of ``strategy`` (a ``torch.nn.Module`` with ``.body``, ``.head``, ``.plan``).
 
     Input ``(N, in_channels, *spatial)`` with ``dims`` spatial axes; output ``(N, num_classes)``,
-    or ``(N, num_classes, *spatial)`` when ``dense``. ``in_size`` (the input length per axis) checks
-    that the body leaves at least one sample and fixes the "same" padding of strided convs to that
-    length (resolved by :mod:`atrous.geometry`); without it they pad "same" for any length.
+    or ``(N, num_classes, *spatial)`` when ``dense``. ``in_size`` (the input length per axis), when
+    given, checks that the body leaves at least one sample. Every conv pads "same" (resolved by
+    :mod:`atrous.geometry` at any stride and length).
 
     >>> import torch
     >>> m = build("dilated", 1, 10, target_rf=40)
@@ -234,21 +234,12 @@ def build(strategy: str, in_channels: int, num_classes: int, target_rf: int, *, 
     Conv = {1: ann.Conv1d, 2: ann.Conv2d, 3: ann.Conv3d}[dims]
     Norm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[dims]
     Pool = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[dims]
-    layers, c, n = [], in_channels, in_size
+    layers, c = [], in_channels
     for k, s, d, pool in zip(p.kernels, p.strides, p.dilations, p.pools):
-        pad = "same"
-        if s > 1 and n is not None:
-            # "same" at stride > 1 depends on the input length; with the length known, resolve it
-            # here (geometry) to fixed (lo, hi) pairs so the model stays traceable by torch.fx
-            pad = geometry.resolve_padding("same", (n,) * dims, (k,) * dims, (s,) * dims, (d,) * dims)
-        layers += [Conv(c, width, k, stride=s, padding=pad, dilation=d, bias=False),
+        layers += [Conv(c, width, k, stride=s, padding="same", dilation=d, bias=False),
                    Norm(width), nn.ReLU()]
-        if n is not None:
-            n = geometry.output_size(n, k, s, d, geometry.resolve_padding(
-                "same", (n,), (k,), (s,), (d,))[0])
         if pool:
             layers.append(Pool(2))
-            n = None if n is None else geometry.output_size(n, 2, 2)
         c = width
     return _Net(nn.Sequential(*layers), width, num_classes, dims, dense, p)
 
