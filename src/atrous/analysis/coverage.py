@@ -46,6 +46,10 @@ class Coverage:
     ``path_counts`` over the extent. ``path_counts_nd`` is the exact N-D map (``covered_nd``,
     ``holes_nd`` from it): for a chain the outer product of the per-axis maps; for a graph with
     branches computed on the N-D grid.
+
+    >>> cov = coverage([2], kernel=3)            # one 3-tap layer, d=2: extent 5, covered 3
+    >>> cov.extent, cov.covered, cov.holes, cov.path_counts[0].tolist()
+    ((5,), (3,), (2,), [1, 0, 1, 0, 1])
     """
 
     extent: tuple

@@ -216,6 +216,10 @@ class ReceptiveField:
     ``whole_input``: the axis was collapsed (global pooling, flatten, linear) so the field is the
     whole input; ``notes``: misalignments, skipped layers, assumptions; ``last_spatial``: the field
     at the last node before space was collapsed (or ``None``).
+
+    >>> rf = receptive_field([Layer(kernel=(3, 5), dilation=(1, 2), stride=(2, 1))])
+    >>> rf.size, rf.jump
+    ((3, 9), (2, 1))
     """
 
     size: tuple
