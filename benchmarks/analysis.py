@@ -54,8 +54,8 @@ def resnet50(num_classes=1000):
             cin = width * 4
         stages.append(nn.Sequential(*bl))
     m = nn.Sequential()
-    for n, l in zip(names, layers):
-        m.add_module(n, l)
+    for n, layer in zip(names, layers):
+        m.add_module(n, layer)
     for i, s in enumerate(stages, 1):
         m.add_module(f"layer{i}", s)
     m.add_module("avgpool", nn.AdaptiveAvgPool2d(1))

@@ -106,8 +106,8 @@ def test_int_and_pair_padding_equal_hand_written_conv(padding):
     m = ann.Conv2d(3, 4, (3, 2), padding=padding, dilation=(2, 1)).double()
     x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
     if isinstance(padding, tuple) and isinstance(padding[0], tuple):
-        (t, b), (l, r) = padding
-        want = F.conv2d(F.pad(x, (l, r, t, b)), m.weight, m.bias, dilation=(2, 1))
+        (t, b), (lf, rt) = padding
+        want = F.conv2d(F.pad(x, (lf, rt, t, b)), m.weight, m.bias, dilation=(2, 1))
     else:
         ref = torch.nn.Conv2d(3, 4, (3, 2), padding=padding, dilation=(2, 1)).double()
         ref.load_state_dict(m.state_dict())

@@ -132,7 +132,8 @@ BAD = [
     (lambda: ann.convert_to_dilated(nn.Sequential(*vgg()[:8], nn.MaxPool2d(2), nn.MaxPool2d(2), nn.MaxPool2d(2)), 16),
      "pooling layer"),
     (lambda: ann.convert_to_dilated(nn.Sequential(nn.ReLU()), 8), "no Conv2d"),
-    (lambda: ann.convert_to_dilated(nn.Sequential(*[ann.Conv2d(3, 3, 3, stride=2, padding="same") for _ in range(5)]), 16),
+    (lambda: ann.convert_to_dilated(
+        nn.Sequential(*[ann.Conv2d(3, 3, 3, stride=2, padding="same") for _ in range(5)]), 16),
      "size-dependent padding"),
     (lambda: ann.convert_to_dilated(nn.Sequential(*[nn.Conv2d(3, 3, 3, stride=2, padding=1)] * 5), 16),
      "called more than once"),

@@ -174,7 +174,8 @@ def test_onnx_export_step_by_step():
 class Strided(nn.Module):
     def __init__(self):
         super().__init__()
-        self.inner = nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal"), ann.Conv1d(2, 2, 3, stride=2, padding="causal"))
+        self.inner = nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal"),
+                                   ann.Conv1d(2, 2, 3, stride=2, padding="causal"))
 
     def forward(self, x):
         return self.inner(x)

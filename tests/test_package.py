@@ -25,3 +25,16 @@ def test_cli_version_and_help():
     out = subprocess.run([sys.executable, "-m", "atrous", "--help"], capture_output=True,
                          text=True, check=True)
     assert "usage: atrous" in out.stdout
+
+
+def test_lint_clean():
+    """The lint step of the test command: ruff (configured in pyproject.toml) over the whole tree."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        import ruff  # noqa: F401  (installed by the dev extra)
+    except ImportError:
+        raise AssertionError("ruff is needed for the lint step: pip install -e '.[dev]'") from None
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks"],
+                         capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stdout + out.stderr

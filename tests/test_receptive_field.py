@@ -68,7 +68,7 @@ def avg_for_max(model):
     window input instead of only the argmax)."""
     import copy
     model = copy.deepcopy(model)
-    for name, m in list(model.named_modules()):
+    for m in list(model.modules()):
         for cname, c in list(m.named_children()):
             if isinstance(c, nn.MaxPool2d):
                 setattr(m, cname, nn.AvgPool2d(c.kernel_size, c.stride, c.padding))
@@ -153,7 +153,7 @@ def test_layer_errors_name_the_parameter():
 def vgg16(c=1):
     cfg = [2, "M", 2, "M", 3, "M", 3, "M", 3]
     layers, cin = [], 1
-    for i, v in enumerate(cfg):
+    for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:

@@ -25,11 +25,12 @@ row offset ``off_j`` into ONE phase: the input window of a tap is a contiguous s
 is one large BLAS GEMM per tap ("tap" strategy), or a broadcast multiply-add for depthwise weights
 ("elementwise"); these compute on the phase grid and crop the rows that are not real outputs at the
 end. The default ("im2col") stacks the tap windows of a block of output lines, cropped to the real
-outputs, into a patch that stays in cache and runs one GEMM that writes straight into the result. Rows are processed in chunks whose temporary buffers stay under the memory
-budget (:func:`set_memory_budget`); besides the chunk buffers the engine holds one padded copy of
-the input and the output on the phase grid (both proportional to the arrays themselves). Big calls
-run their chunks on a small thread pool with single-threaded BLAS when ``threadpoolctl`` is
-installed, because NumPy's copies and additions are otherwise single-threaded.
+outputs, into a patch that stays in cache and runs one GEMM that writes straight into the result.
+Rows are processed in chunks whose temporary buffers stay under the memory budget
+(:func:`set_memory_budget`); besides the chunk buffers the engine holds one padded copy of the input
+and the output on the phase grid (both proportional to the arrays themselves). Big calls run
+their chunks on a small thread pool with single-threaded BLAS when ``threadpoolctl`` is installed,
+because NumPy's copies and additions are otherwise single-threaded.
 
 Backward, derived next to the forward
 -------------------------------------
@@ -320,7 +321,7 @@ def _run(work, tasks, workers):
 def _phase_slices(spec, lay):
     """For each phase: (phase multi-index slices into the phase grid, slices into x)."""
     per_axis = []
-    for m, (lo, _), s, q_n in zip(spec.in_sizes, spec.pads, spec.stride, lay.sph):
+    for m, (lo, _), s, _q_n in zip(spec.in_sizes, spec.pads, spec.stride, lay.sph):
         opts = []
         for r in range(s):
             q0 = max(0, -(-(lo - r) // s))           # first phase index inside the real input

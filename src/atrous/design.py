@@ -114,10 +114,10 @@ def design_dilations(target: int, kernel: int = 3, max_layers: int | None = None
     [(1, 3)]
     >>> [(s.dilations, s.field) for s in design_dilations(10, kernel=3, limit=3)]
     [((1, 3, 9), 27), ((1, 3, 8), 25), ((1, 1, 4), 13)]
-    >>> design_dilations(100, kernel=3, max_layers=3)
+    >>> design_dilations(100, kernel=3, max_layers=3)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: no schedule of at most 3 layers with kernel 3 reaches a field of 100 without holes: 3 layers reach at most 27 positions (dilations 1, 3, 9)
+    ValueError: no schedule of at most 3 layers ... reach at most 27 positions (dilations 1, 3, 9)
     """
     for name, v, lo in (("target", target, 2), ("kernel", kernel, 2), ("axes", axes, 1)):
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo:

@@ -266,7 +266,8 @@ def _ancestors(steps, target):
 
 def _spec_to_steps(spec, kernel, input_shape):
     if isinstance(spec, (list, tuple)) and spec and all(
-            isinstance(v, numbers.Integral) or (isinstance(v, tuple) and all(isinstance(u, numbers.Integral) for u in v))
+            isinstance(v, numbers.Integral)
+            or (isinstance(v, tuple) and all(isinstance(u, numbers.Integral) for u in v))
             for v in spec) and not isinstance(spec[0], bool):
         layers = [Layer(kernel=kernel, dilation=d) for d in spec]
         return _layer_steps(layers, input_shape)
@@ -302,7 +303,9 @@ def coverage(dilations_or_layers_or_model, kernel=3, input_shape=None, at: str |
     org, _, arrs = _walk(steps, ndim, target, nd=False)
     ndfun = None
     if _is_torch_module(dilations_or_layers_or_model) and ndim > 1:
-        def ndfun(_cache={}):
+        _cache: dict = {}
+
+        def ndfun():
             if "v" not in _cache:
                 o, _, a = _walk(steps, ndim, target, nd=True)
                 nz = np.nonzero(a)

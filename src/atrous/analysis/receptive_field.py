@@ -128,7 +128,7 @@ class _Axis:
             return None
         return self.lo[phi] + m * self.J, self.hi[phi] + m * self.J
 
-    def expand(self, P: int) -> "_Axis":
+    def expand(self, P: int) -> _Axis:
         """The same field written with period ``P`` (a multiple of ``self.P``)."""
         r = P // self.P
         spans = [self.at(o) for o in range(P)]
@@ -212,7 +212,8 @@ class ReceptiveField:
     ``start``: input coordinate of output 0's centre (int or float, ``None`` if output 0 sees
     nothing); ``padding``: input samples before position 0 that output 0 reaches;
     ``period``/``period_shift``/``phases``: output ``phi + m*period`` sees inputs ``phases[phi]``
-    shifted by ``m*period_shift`` (``period_shift = period*jump``; ``None`` = sees nothing); ``empty_phases``: those ``phi`` that see nothing;
+    shifted by ``m*period_shift`` (``period_shift = period*jump``; ``None`` = sees nothing);
+    ``empty_phases``: those ``phi`` that see nothing;
     ``whole_input``: the axis was collapsed (global pooling, flatten, linear) so the field is the
     whole input; ``notes``: misalignments, skipped layers, assumptions; ``last_spatial``: the field
     at the last node before space was collapsed (or ``None``).
@@ -233,7 +234,7 @@ class ReceptiveField:
     whole_input: tuple = ()
     name: str = field(default="", compare=False)
     notes: tuple = ()
-    last_spatial: "ReceptiveField | None" = field(default=None, repr=False, compare=False)
+    last_spatial: ReceptiveField | None = field(default=None, repr=False, compare=False)
 
     @property
     def ndim(self) -> int:
@@ -264,7 +265,8 @@ class ReceptiveField:
         conv = lambda v: float(v) if isinstance(v, Fraction) else v  # noqa: E731
         return {"name": self.name, "size": list(self.size), "jump": [conv(j) for j in self.jump],
                 "start": list(self.start), "padding": list(self.padding),
-                "period": list(self.period), "period_shift": list(self.period_shift), "phases": [[list(p) if p else None for p in ax]
+                "period": list(self.period), "period_shift": list(self.period_shift),
+                "phases": [[list(p) if p else None for p in ax]
                                                         for ax in self.phases],
                 "empty_phases": [list(e) for e in self.empty_phases],
                 "whole_input": list(self.whole_input), "notes": list(self.notes)}

@@ -110,7 +110,7 @@ def read_idx(path) -> np.ndarray:
     >>> read_idx(p)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: IDX file ... is truncated or corrupt: header says 5 items of 1 bytes (dims (5,)) = 5 bytes of data, found 3
+    ValueError: IDX file ... is truncated or corrupt: header says 5 items of 1 bytes ... found 3
     """
     path = os.fspath(path)
     try:

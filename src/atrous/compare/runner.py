@@ -8,8 +8,9 @@
   the old or the new file, never a partial record.
 * Under ``torchrun`` (``WORLD_SIZE > 1``) rank 0 reads ``results.jsonl`` and broadcasts the pending
   runs, which are dealt round-robin to the ranks (gloo backend, CPU); after each round rank 0
-  gathers the records and appends them; rank 0 writes the report. Only rank 0 touches ``--out``. Runs use a fixed torch thread count (``threads``, default 1) and their own seed, so a
-  run's numbers do not depend on which process ran it.
+  gathers the records and appends them; rank 0 writes the report. Only rank 0 touches ``--out``. Runs use a
+  fixed torch thread count (``threads``, default 1) and their own seed, so a run's numbers do not depend
+  on which process ran it.
 
 >>> cfg = dict(task="mnist1d", strategy="dilated", seed=0, epochs=1)
 >>> run_key(cfg) == run_key(dict(reversed(list(cfg.items()))))
@@ -70,7 +71,7 @@ class Study:
     data_dir: str | None = field(default=None, compare=False)
 
     @classmethod
-    def for_task(cls, task: str = "mnist1d", quick: bool = False, **overrides) -> "Study":
+    def for_task(cls, task: str = "mnist1d", quick: bool = False, **overrides) -> Study:
         """The defaults of ``task`` (``QUICK`` ones if ``quick``), then ``overrides`` not None."""
         check_task(task)
         kw = dict(TASK_DEFAULTS[task])
@@ -81,7 +82,7 @@ class Study:
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(task=task, **kw)
 
-    def validate(self) -> "Study":
+    def validate(self) -> Study:
         check_task(self.task)
         self.strategies = S.check_strategies(self.strategies)
         for name in ("seeds", "epochs", "depth", "width", "batch_size", "threads"):

@@ -80,10 +80,10 @@ def check_strategies(names) -> tuple[str, ...]:
 
     >>> check_strategies("plain,dilated")
     ('plain', 'dilated')
-    >>> check_strategies("plain,dilatd")
+    >>> check_strategies("plain,dilatd")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: strategies must be among 'plain', 'pool', 'stride', 'large', 'dilated', 'gridded'; got 'dilatd' (did you mean 'dilated'?)
+    ValueError: strategies must be among 'plain', ..., 'gridded'; got 'dilatd' (did you mean 'dilated'?)
     """
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
@@ -249,7 +249,7 @@ def _torch():
     return require("torch")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _net_class():
     torch = _torch()
 

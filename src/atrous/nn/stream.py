@@ -384,7 +384,7 @@ def _single_fn(sc: StreamConv1d):
     return single_step
 
 
-def _pointwise_fn(pw: "_Pointwise"):
+def _pointwise_fn(pw: _Pointwise):
     w, b = pw.w, pw.b
 
     def pointwise(x):
