@@ -387,28 +387,36 @@ def test_functional_conv_and_global_mean():
     assert rf["mean"].whole_input == (True, True)
 
 
-def test_untraceable_model_falls_back_to_hooks():
+def test_data_dependent_control_flow_is_refused_by_name():
     class Dyn(nn.Sequential):
         def forward(self, x):
             for m in self:
-                if x.sum() > -1e9:       # data-dependent control flow: fx cannot trace
+                if x.sum() > -1e9:       # reads a value: a shape-only run cannot decide the branch
                     x = m(x)
             return x
 
-    net = _positive(Dyn(nn.Conv1d(1, 1, 3, dilation=2), nn.ReLU(), nn.Conv1d(1, 1, 3, stride=2)))
-    rf = atrous.receptive_field(net, (1, 1, 20))
-    assert rf.size == (7,) and rf.jump == (2,)
-    assert any("fell back to forward hooks" in n for n in rf.notes)
-    check_interior(net, (1, 1, 20), rf)
+    net = Dyn(nn.Conv1d(1, 1, 3, dilation=2), nn.ReLU(), nn.Conv1d(1, 1, 3, stride=2))
+    with pytest.raises(ValueError, match=r"did not run to its output: .* after node 'gt'.*reads tensor values"):
+        atrous.receptive_field(net, (1, 1, 20))
 
 
-def test_unsupported_node_is_a_clear_error():
-    class Perm(nn.Module):
+def test_op_without_rule_is_a_clear_error():
+    class Warp(nn.Module):
         def forward(self, x):
-            return x.permute(0, 1, 3, 2)
+            grid = torch.zeros(x.shape[0], 4, 6, 2, device=x.device)
+            return F.grid_sample(x, grid, align_corners=False)
 
-    with pytest.raises(ValueError, match="cannot compute the receptive field through node"):
-        atrous.receptive_field(Perm(), (1, 1, 4, 6))
+    with pytest.raises(ValueError, match=r"cannot follow node 'grid_sample' \(grid_sample on \(1, 1, 4, 6\)"):
+        atrous.receptive_field(Warp(), (1, 1, 4, 6))
+
+    class Unknown(nn.Module):
+        def forward(self, x):
+            return torch.special.entr(x)
+
+    with pytest.raises(ValueError, match=r"no rule for function 'special_entr'.*treat_as_pointwise"):
+        atrous.receptive_field(Unknown(), (1, 1, 8))
+    rf = atrous.receptive_field(Unknown(), (1, 1, 8), treat_as_pointwise=["special_entr"])
+    assert rf.size == (1,) and any("special_entr treated as pointwise" in n for n in rf.notes)
 
 
 def test_atrous_nn_convs_strided_same_and_causal_brute_force():

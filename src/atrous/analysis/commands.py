@@ -160,32 +160,59 @@ def _source(args):
 
 
 def field_table(spec, input_shape=None) -> list[dict]:
-    """One record per layer/node: name, type, kernel, stride, dilation, size, jump, start, covered, extent.
+    """One record per call: name, type, kernel, stride, dilation, size, jump, start, covered, extent.
 
     >>> [(r["size"], r["covered"]) for r in field_table(parse_layers("k3d2,k3d4"))]
     [([5], [3]), ([13], [7])]
     """
-    from .coverage import _all_marginals
-    from .receptive_field import _lower, _results, _run
+    from .coverage import all_marginals
+    from .receptive_field import analyse, field_of
 
-    steps, ndim, sizes = _lower(spec, input_shape)
-    fields, notes = _run(steps, ndim, sizes)
-    res = _results(steps, fields, notes)
-    cov = _all_marginals(steps, ndim)
+    g, vals, _ = analyse(spec, input_shape, every=True)
+    cov = all_marginals(g, vals)
     rows = []
-    for i, st in enumerate(steps):
-        if st.name not in res or st.kind == "input":
+    for n in g.nodes:
+        if n.kind == "input" or not n.outs or n.outs[0] not in vals or not vals[n.outs[0]].dependent:
             continue
-        rf = res[st.name]
-        c = cov[i]
-        rows.append({"name": st.name, "type": st.info.get("type", st.kind),
-                     "kernel": st.info.get("kernel"), "stride": st.info.get("stride"),
-                     "dilation": st.info.get("dilation"), "size": list(rf.size),
+        rf = field_of(g, vals, n.outs[0])
+        c = cov.get(n.name)
+        geo_ = _geometry(n, g)
+        rows.append({"name": n.name, "type": _type_name(n), **geo_, "size": list(rf.size),
                      "jump": [float(j) if not isinstance(j, int) else j for j in rf.jump],
-                     "start": list(rf.start),
+                     "start": list(rf.start), "whole": list(rf.whole_input),
                      "covered": list(c[0]) if c else None, "extent": list(c[1]) if c else None,
-                     "notes": [n for n in notes[i]]})
+                     "notes": list(rf.notes)})
     return rows
+
+
+def _type_name(n) -> str:
+    if n.kind == "layer":
+        return "Layer"
+    if n.module is not None:
+        return type(n.module).__name__
+    return n.op
+
+
+def _geometry(n, g) -> dict:
+    """Kernel, stride and dilation of a convolution or pooling call (``None`` for other ops)."""
+    out = {"kernel": None, "stride": None, "dilation": None}
+    if n.kind == "layer":
+        kw = n.kwargs
+        return {"kernel": kw["kernel"], "stride": kw["stride"], "dilation": kw["dilation"]}
+    m = n.module
+    if m is not None and all(hasattr(m, a) for a in ("kernel_size", "stride")):
+        def tup(v):
+            return tuple(v) if isinstance(v, (list, tuple)) else v
+        out = {"kernel": tup(m.kernel_size), "stride": tup(m.stride if m.stride is not None else m.kernel_size),
+               "dilation": tup(getattr(m, "dilation", 1))}
+    elif n.op in ("conv1d", "conv2d", "conv3d"):
+        w = g.tensors[n.args[1].index].shape if len(n.args) > 1 and hasattr(n.args[1], "index") else None
+        if w is not None:
+            s = n.args[3] if len(n.args) > 3 else n.kwargs.get("stride", 1)
+            d = n.args[5] if len(n.args) > 5 else n.kwargs.get("dilation", 1)
+            out = {"kernel": tuple(w[2:]), "stride": tuple(s) if isinstance(s, (list, tuple)) else s,
+                   "dilation": tuple(d) if isinstance(d, (list, tuple)) else d}
+    return out
 
 
 def _rf(args) -> int:
