@@ -267,7 +267,7 @@ def _spec(spec, kernel):
     return spec
 
 
-def coverage(model, kernel=3, input_shape=None, at: str | None = None, nd: bool = False) -> Coverage:
+def coverage(model, input_shape=None, at: str | None = None, *, kernel: int = 3, nd: bool = False) -> Coverage:
     """Extent, coverage, holes and path counts of the field of output 0, per spatial axis.
 
     ``model``: a list of dilations (ints, or per-axis tuples; each layer has ``kernel`` taps and

@@ -51,6 +51,7 @@ class TensorInfo:
 class Node:
     index: int
     kind: str                  # 'input' | 'call' | 'module' (a module that returned its input) | 'layer'
+                               # | 'item' (one element of a tuple result, torch.fx's getitem)
     target: Any                # function object, method name, module or Layer
     op: str                    # display name: 'conv2d', 'Tensor.view', 'Conv2d'
     args: tuple = ()
@@ -207,7 +208,12 @@ FACTORIES = {"zeros", "ones", "empty", "full", "arange", "range", "linspace", "l
               "tril_indices", "triu_indices", "zeros_like", "ones_like", "empty_like", "full_like",
               "rand_like", "randn_like", "randint_like", "normal", "bartlett_window", "hann_window",
               "hamming_window", "blackman_window", "kaiser_window"}
-_NEW_LIKE = {"new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
+# shape- and dtype-preserving ops: on meta tensors their output is allocated directly (some, like
+# batch_norm, otherwise run a Python decomposition that costs more than the whole analysis)
+_SAME_SHAPE = {"batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm", "relu", "relu6", "gelu",
+               "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh", "leaky_relu", "elu", "selu",
+               "celu", "mish", "softplus", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+               "feature_alpha_dropout", "softmax", "log_softmax"}
 
 
 def op_name(func) -> str:
@@ -222,6 +228,30 @@ def op_name(func) -> str:
     return name
 
 
+_OPERATORS = {"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor", "lshift",
+              "rshift", "neg", "pos", "abs", "invert", "eq", "ne", "lt", "le", "gt", "ge", "getitem", "setitem",
+              "div"}
+_INPLACE_ARITH = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "truediv", "__iadd__": "add"}
+
+
+def fx_name(op: str) -> str:
+    """The name torch.fx gives a call of ``op``: ``x[i]`` is ``getitem``, ``a + b`` and ``a += b``
+    are ``add``, ``a @ b`` is ``matmul``; other ops keep their name.
+
+    >>> fx_name("__getitem__"), fx_name("__radd__"), fx_name("add_"), fx_name("relu_")
+    ('getitem', 'add', 'add', 'relu_')
+    """
+    if op in _INPLACE_ARITH:
+        return _INPLACE_ARITH[op]
+    if op.startswith("__") and op.endswith("__"):
+        core = op[2:-2]
+        if core in _OPERATORS:
+            return "truediv" if core == "div" else core
+        if core[:1] in ("r", "i") and core[1:] in _OPERATORS:
+            return "truediv" if core[1:] == "div" else core[1:]
+    return op
+
+
 def is_method(func) -> bool:
     qn = getattr(func, "__qualname__", "") or ""
     return qn.startswith(("TensorBase.", "Tensor.")) or type(getattr(func, "__self__", None)).__name__ == \
@@ -229,11 +259,15 @@ def is_method(func) -> bool:
 
 
 def is_leaf(m) -> bool:
-    """A module recorded as one call (torch.nn built-ins and modules without children), like torch.fx."""
+    """A module whose call is one named node, like torch.fx's leaves: torch.nn built-ins (not the
+    containers), atrous.nn layers and parametrized (e.g. weight-normed) layers."""
     import torch.nn as nn
-    if all(name == "parametrizations" for name, _ in m.named_children()):   # e.g. a weight-normed conv
-        return True
     mod = type(m).__module__
+    kids = [name for name, _ in m.named_children()]
+    if mod.startswith("atrous.nn") and not kids:
+        return True
+    if kids and all(name == "parametrizations" for name in kids):           # e.g. a weight-normed conv
+        return True
     return mod.startswith(("torch.nn", "torch.ao.nn")) and not isinstance(m, (nn.Sequential, nn.ModuleList,
                                                                               nn.ModuleDict))
 
@@ -282,7 +316,7 @@ def record(model, inputs: Sequence, *, meta: bool = True, train: bool = False, k
         return obj
 
     def new_node(kind, target, opname, args, kwargs, base) -> Node:
-        scope = tuple(f[0] for f in frames if f[0])
+        scope = tuple(f[0] for f in frames if f[0] and f[2] is not None)
         leaf = next((f for f in reversed(frames) if f[3]), None)
         n = Node(len(g.nodes), kind, target, opname, args, kwargs, scope=scope,
                  module=leaf[2] if leaf else None, module_name=leaf[0] if leaf else "", base=base)
@@ -318,13 +352,23 @@ def record(model, inputs: Sequence, *, meta: bool = True, train: bool = False, k
                     kwargs.pop("device", None)
                     kwargs.pop("non_blocking", None)
                     args = (args[0],) + tuple(a for a in rest if isinstance(a, torch.dtype))
-            out = func(*args, **kwargs)
+            x0 = args[0] if args else kwargs.get("input")
+            if meta and name in _SAME_SHAPE and isinstance(x0, torch.Tensor) and x0.device.type == "meta":
+                inplace = kwargs.get("inplace") or (name in ("relu", "relu6", "elu", "selu", "celu", "hardtanh",
+                                                              "leaky_relu", "hardswish", "hardsigmoid", "silu",
+                                                              "mish")
+                                                     and any(a is True for a in args[1:]))
+                out = x0 if inplace else torch.empty_like(x0)
+            else:
+                out = func(*args, **kwargs)
             has_tensor = _has_tensor(out, torch)
             inplace_none = name in ("__setitem__",) and out is None
             if not has_tensor and not inplace_none:
                 return out
+            base = fx_name(name)
+            leaf = next((f for f in reversed(frames) if f[3]), None)
             node = new_node("call", func, name, ref(args), ref(kwargs),
-                            base=name if not frames or not frames[-1][3] else f"{frames[-1][0]}:{name}")
+                            base=base if leaf is None else f"{leaf[0]}:{base}")
             if inplace_none:
                 node.outs = (track(args[0], node.index, 0),)
                 node.out_tree = None
@@ -334,7 +378,20 @@ def record(model, inputs: Sequence, *, meta: bool = True, train: bool = False, k
             if isinstance(first, torch.Tensor) and first._base is not None and any(
                     g.tensors[o].node == node.index and alive[-1] is first for o in node.outs[:1]):
                 node.view_inplace = True
+            if len(node.outs) > 1 and leaf is None:
+                items(out)
             return out
+
+    def items(out):
+        """One ``getitem`` node per element of a tuple result, as torch.fx unpacks it."""
+        tens: list = []
+        _flat_tensors(out, tens, torch)
+        for t in tens:
+            idx = ids.get(id(t))
+            if idx is None:
+                continue
+            n = new_node("item", None, "getitem", (Ref(idx),), {}, base="getitem")
+            n.outs = (track(t, n.index, 0),)
 
     def pre(mod, args):
         q = quals.get(id(mod), type(mod).__name__)
@@ -342,11 +399,14 @@ def record(model, inputs: Sequence, *, meta: bool = True, train: bool = False, k
         call_count[q] = c + 1
         cname = q if c == 0 else f"{q}_{c}"
         frames.append((cname, q, mod, bool(q) and is_leaf(mod), len(g.nodes)))
+        if len(frames) > 1 and frames[-2][3]:             # inside a leaf: its inner modules are part of it
+            frames[-1] = (cname, q, mod, False, len(g.nodes))
 
     def post(mod, args, out):
         if not frames:
             return
         cname, q, _, leaf, start = frames.pop()
+        label = type(mod).__name__ if mod is not None else q
         tens = []
         _flat_tensors(out, tens, torch)
         if not tens:
@@ -354,19 +414,44 @@ def record(model, inputs: Sequence, *, meta: bool = True, train: bool = False, k
         idx = ids.get(id(tens[0]))
         if idx is None:
             return
+        if leaf and len(tens) > 1:
+            items(out)
         if leaf:
             prod = g.tensors[idx].node
             if prod >= start and g.nodes[prod].kind == "call":
-                g.nodes[prod].base = cname.rsplit("_", 1)[0] if cname != q else q
+                g.nodes[prod].base = q
             else:                                      # returned an input unchanged (Identity, Dropout)
                 frames.append((cname, q, mod, True, start))
-                n = new_node("module", mod, type(mod).__name__, (Ref(idx),), {}, base=q)
+                n = new_node("module", mod, label, (Ref(idx),), {}, base=q)
                 frames.pop()
                 n.outs = (track(tens[0], n.index, 0),)
                 idx = n.outs[0]
-        if cname:
+        if cname and mod is not None:
             g.calls[cname] = idx
             g.call_scope[cname] = q
+
+    def wrap_fn(fn, fname):
+        """A torch.fx.wrap'ed function (e.g. torchvision's stochastic_depth): one named call, like fx."""
+        def wrapper(*a, **k):
+            c = call_count.get(fname, 0)
+            call_count[fname] = c + 1
+            frames.append((fname if c == 0 else f"{fname}_{c}", fname, None, True, len(g.nodes)))
+            out = fn(*a, **k)
+            post(None, a, out)
+            return out
+        wrapper.__wrapped__ = fn
+        return wrapper
+
+    patched = []
+    try:
+        from torch.fx import _symbolic_trace as fxst        # the registry behind torch.fx.wrap
+        for (_, fname), glb in list(getattr(fxst, "_wrapped_fns_to_patch", {}).items()):
+            fn = glb.get(fname)
+            if callable(fn) and not fname.startswith("_assert") and "tracing" not in fname:
+                patched.append((glb, fname, fn))
+                glb[fname] = wrap_fn(fn, fname)
+    except Exception:  # noqa: BLE001 -- naming parity only; never needed for correctness
+        pass
 
     handles = []
     for m in model.modules():
@@ -390,6 +475,8 @@ def record(model, inputs: Sequence, *, meta: bool = True, train: bool = False, k
     finally:
         for h in handles:
             h.remove()
+        for glb, fname, fn in patched:
+            glb[fname] = fn
     g.finish_names()
     return g
 

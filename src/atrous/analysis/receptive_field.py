@@ -216,7 +216,14 @@ class ReceptiveField:
         return "\n".join(lines)
 
 
-def _axis_result(f, whole, n):
+def _covers(f: Periodic, whole, count) -> bool:
+    """Every one of ``count`` positions sees the whole input (clipped to it)."""
+    if whole is None or not count or count > 100_000:
+        return False
+    return all(s is not None and s[0] <= whole[0] and s[1] >= whole[1] for s in (f.at(q) for q in range(count)))
+
+
+def _axis_result(f, whole, n, count=None, glob=False):
     """(size, jump, start, padding, period, shift, phases, empty, whole_input) of one axis."""
     if isinstance(f, Periodic):
         spans = [None if lo is None else (lo, hi) for lo, hi in zip(f.lo, f.hi)]
@@ -224,7 +231,8 @@ def _axis_result(f, whole, n):
         s0 = spans[0]
         return (max(sizes) if sizes else 0, _num(Fraction(f.J, f.P)),
                 None if s0 is None else _num(Fraction(s0[0] + s0[1], 2)), None if s0 is None else -s0[0],
-                f.P, f.J, tuple(spans), tuple(i for i, s in enumerate(spans) if s is None), False)
+                f.P, f.J, tuple(spans), tuple(i for i, s in enumerate(spans) if s is None),
+                bool(glob) and _covers(f, whole, count))
     if isinstance(f, Const):
         is_whole = whole is not None and f.lo <= whole[0] and f.hi >= whole[1]
         lo, hi = (whole if is_whole else (f.lo, f.hi))
@@ -232,8 +240,9 @@ def _axis_result(f, whole, n):
     return (0, 0, None, None, 1, 0, (None,), (0,), False)
 
 
-def _make_rf(fields_, whole, sizes, name, notes, where, local=None, last=None) -> ReceptiveField:
-    cols = list(zip(*[_axis_result(f, w, n) for f, w, n in zip(fields_, whole, sizes)]))
+def _make_rf(fields_, whole, sizes, name, notes, where, local=None, last=None, counts=None) -> ReceptiveField:
+    counts = counts or (None,) * len(fields_)
+    cols = list(zip(*[_axis_result(f, w, n, c, g) for f, w, n, c, g in zip(fields_, whole, sizes, counts, where)]))
     if not cols:
         cols = [()] * 9
     return ReceptiveField(*[tuple(c) for c in cols], name=name, notes=tuple(notes), last_spatial=last,
@@ -306,18 +315,22 @@ def field_of(g, vals: dict, t: int, name: str | None = None) -> ReceptiveField:
     """The :class:`ReceptiveField` of tensor ``t`` in an analysis."""
     v = vals[t]
     nm = name or g.nodes[g.tensors[t].node].name
-    if v.lossy and not V.all_whole(v):
+    if v.lossy:
         raise G.AnalysisError(f"the field at {nm!r} is not exact: the concatenation at {v.lossy!r} merged "
                               "positions (e.g. a class token joined to patch tokens) and no later op mixes them "
                               "all, so which positions each element holds is not tracked")
     notes = list(v.notes) + [n for n in g.notes if n not in v.notes]
+    full, loc, counts = V.position_fields(v)
     local = None
-    if any(f is not None for f in v.local):
-        local = _make_rf(v.local, v.whole, g.sizes, nm, (), (None,) * v.ndim)
+    if v.llossy and any(f is not None for f in loc):
+        notes.append(f"local field not given: the concatenation at {v.llossy!r} merged positions and the local "
+                     "paths do not mix them")
+    elif any(f is not None for f in loc):
+        local = _make_rf(loc, v.whole, g.sizes, nm, (), (None,) * v.ndim)
     last = None
-    if not all(isinstance(f, Periodic) for f in v.full):
+    if not all(isinstance(f, Periodic) for f in full) or any(v.where):
         last = _last_spatial(g, vals, t)
-    return _make_rf(v.full, v.whole, g.sizes, nm, notes, v.where, local, last)
+    return _make_rf(full, v.whole, g.sizes, nm, notes, v.where, local, last, counts)
 
 
 def _last_spatial(g, vals, t) -> ReceptiveField | None:
@@ -327,9 +340,10 @@ def _last_spatial(g, vals, t) -> ReceptiveField | None:
         if not n.outs or n.kind == "input":
             continue
         v = vals.get(n.outs[0])
-        if v is not None and v.local and all(isinstance(f, Periodic) for f in v.local):
-            local = _make_rf(v.local, v.whole, g.sizes, n.name, (), (None,) * v.ndim)
-            return _make_rf(v.full, v.whole, g.sizes, n.name, v.notes, v.where, local)
+        if v is not None and v.local and not v.llossy and all(isinstance(f, Periodic) for f in v.local):
+            full, loc, counts = V.position_fields(v)
+            local = _make_rf(loc, v.whole, g.sizes, n.name, (), (None,) * v.ndim)
+            return _make_rf(full, v.whole, g.sizes, n.name, v.notes, v.where, local, counts=counts)
     return None
 
 

@@ -65,7 +65,7 @@ def rule(*names: str, methods: bool = True, functions: bool = True, macs: Callab
 def lookup(node: Node) -> Rule | None:
     if node.kind == "layer":
         return _LAYER
-    if node.kind == "module":
+    if node.kind in ("module", "item"):
         return _IDENTITY
     from .graph import is_method
     table = _METH if is_method(node.target) else _FUNC
@@ -696,20 +696,8 @@ def _roll(c: Call):
     shifts = [shifts] if isinstance(shifts, int) else list(shifts)
     dims = [dims] if isinstance(dims, int) else list(dims)
     v = x
-    notes = []
     for s, d in zip(shifts, dims):
-        d %= x.rank
-        n = x.shape[d]
-        s %= n
-        if s == 0:
-            continue
-        if not any(f.kind in ("s", "x") and f.size != 1 for f in x.dims[d]):
-            continue
-        v = V.taps(v, d, fl.TapMap(1, 1, ((-s,),)), n, "roll", node=c.name)
-        notes.append(d)
-    if notes:
-        v = v.add_note(f"{c.name}: roll is a cyclic shift; fields are exact away from the border, where they "
-                       "wrap around to the other side")
+        v = V.cyclic_shift(v, d % x.rank, s)
     return v
 
 
@@ -723,7 +711,7 @@ def _tensor_unfold(c: Call):
     dims = list(v.dims) + [(Factor("x", size),)]
     v = V.relabel(v, dims, out)
     has_pos = any(f.kind == "s" for f in x.dims[dim])
-    return v.with_(lossy=v.lossy or c.name) if has_pos else v
+    return v.with_(lossy=v.lossy or c.name, llossy=v.llossy or c.name) if has_pos else v
 
 
 @rule("unfold", "fold", methods=False, functions=True)

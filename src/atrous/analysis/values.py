@@ -102,6 +102,7 @@ class Value:
     lossy: str | None = None    # node whose concatenation merged positions (must be mixed away)
     chan_mixed: str | None = None   # node that joined channels with different fields
     last_spatial: tuple | None = None   # (name, Value) of the last node with position-dependent fields
+    llossy: str | None = None   # the same for the local field (the local paths have not mixed them)
 
     # ----------------------------------------------------------------- construction
     @staticmethod
@@ -209,6 +210,10 @@ def _canon(fs: tuple) -> tuple:
 def _finish(v: Value) -> Value:
     """Canonical labels; axes left with no factor (all size 1) become constant over the tensor."""
     v = replace(v, dims=tuple(_canon(d) for d in v.dims))
+    if v.lossy and all(_is_whole(v, k, v.full[k]) and v.where[k] for k in range(v.ndim)):
+        v = replace(v, lossy=None)    # a global op mixed everything: which positions merged no longer matters
+    if v.llossy and all(f is None for f in v.local):
+        v = replace(v, llossy=None)
     full, local = list(v.full), list(v.local)
     for k in range(v.ndim):
         if not v.factors(k):
@@ -300,7 +305,31 @@ def reshape(v: Value, shape: Sequence[int]) -> Value:
         if out:
             out[-1] = out[-1] + (flat[i],)
         i += 1
-    return relabel(v, out, shape)
+    return _refine(relabel(v, out, shape))
+
+
+def _refine(v: Value) -> Value:
+    """A channel (or broadcast) factor placed right inside the finest spatial factor of an axis
+    subdivides its positions (pixel shuffle, nearest upsampling by expand + reshape): position
+    ``c*r + j`` reads what position ``c`` read."""
+    dims = [list(d) for d in v.dims]
+    maps: list = [None] * v.ndim
+    for fs in dims:
+        for i in range(len(fs) - 1):
+            f, g = fs[i], fs[i + 1]
+            if f.kind == "s" and f.mult == 1 and g.kind in ("c", "o") and g.size and g.size > 1 \
+                    and maps[f.axis] is None:
+                r = g.size
+                k = f.axis
+                for dd, ffs in enumerate(dims):
+                    for j, h in enumerate(ffs):
+                        if h.kind == "s" and h.axis == k:
+                            dims[dd][j] = h._replace(mult=h.mult * r)
+                fs[i + 1] = Factor("s", r, k, 1)
+                maps[k] = TapMap(r, 1, ((0,),) * r)
+    if all(t is None for t in maps):
+        return v
+    return _finish(apply_maps(v, maps, tuple(tuple(d) for d in dims), v.shape))
 
 
 def permute(v: Value, perm: Sequence[int]) -> Value:
@@ -351,12 +380,8 @@ def mix(v: Value, dims: Sequence[int], kind: str, node: str, remove: bool = Fals
             n = v.extent(k)
             full[k] = _hull(v, full[k], k, n)
             where[k] = where[k] or node
-            if kind == "stat":
-                pass
-            elif kind == "pool":
+            if kind != "stat":          # a global mix or reduction is not a local path
                 local[k] = None
-            else:
-                local[k] = _hull(v, local[k], k, n)
             opaque = f"{node} mixes every position of spatial axis {k}"
             continue
         ts = []
@@ -365,17 +390,24 @@ def mix(v: Value, dims: Sequence[int], kind: str, node: str, remove: bool = Fals
                 ts.append(fl.drop_factor_map(f.mult, f.size))
         else:
             ts = [fl.mix_factor_map(f.mult, f.size) for _, _, f in mixed]
+        top = max(f.mult for _, _, f in fac)
+        spans_axis = any(f.mult == top for _, _, f in mixed)    # e.g. attention across patches
         for t in ts:
             full[k] = fl.apply(full[k], t)
-            if kind != "stat":
+            if kind != "stat" and not spans_axis:
                 local[k] = fl.apply(local[k], t)
+        if spans_axis:
+            where[k] = where[k] or node
+            if kind != "stat":
+                local[k] = None
         if len(ts) == 1:
             maps_full[k] = ts[0]
         else:
             opaque = opaque or f"{node} mixes several factors of spatial axis {k}"
-    lossy = v.lossy
+    lossy, llossy = v.lossy, v.llossy
     if lossy and all(d in dims for d, fs in enumerate(v.dims) for f in fs if f.kind == "x"):
         lossy = None                  # the merged positions are mixed away: the union is now exact
+        llossy = llossy if kind == "stat" else None
         for d in dims:
             new_dims[d] = [f._replace(kind="o") if f.kind == "x" else f for f in new_dims[d]]
         where = [w or (node if isinstance(f, Const) else None) for w, f in zip(where, full)]
@@ -395,7 +427,7 @@ def mix(v: Value, dims: Sequence[int], kind: str, node: str, remove: bool = Fals
         expr = EOpaque(opaque) if opaque else (EApply(expr, tuple(maps_full))
                                                if any(t is not None for t in maps_full) else expr)
     out = replace(v, dims=tuple(tuple(d) for d in new_dims), shape=tuple(shape), full=tuple(full),
-                  local=tuple(local), where=tuple(where), expr=expr, lossy=lossy, notes=notes)
+                  local=tuple(local), where=tuple(where), expr=expr, lossy=lossy, llossy=llossy, notes=notes)
     return _finish(out)
 
 
@@ -425,6 +457,8 @@ def taps(v: Value, dim: int, t: TapMap, out_size: int | None, what: str, node: s
     dims = list(v.dims)
     shape = list(v.shape)
     shape[dim] = out_size
+    if t.is_identity and out_size == v.shape[dim]:  # a 1x1, stride-1 op: positions unchanged
+        return v
     if not sp:                                     # along a dimension with no positions (channels ...)
         kind = "c" if any(f.kind == "c" for f in fs) else "o"
         dims[dim] = (Factor(kind, out_size),)
@@ -433,14 +467,22 @@ def taps(v: Value, dim: int, t: TapMap, out_size: int | None, what: str, node: s
         raise Unsupported(f"{what} runs along a dimension that holds several factors {fs}")
     f = sp[0]
     others = [g for d, i, g in v.factors(f.axis) if (d, i) != (dim, fs.index(f))]
-    if any(g.mult > f.mult for g in others):
-        raise Unsupported(f"{what} runs along positions inside a partition of spatial axis {f.axis} "
-                          "(e.g. inside windows): its zero padding at the partition borders is not a "
-                          "periodic field")
-    tc = fl.index_to_coord(t, f.mult)
     maps = [None] * v.ndim
-    maps[f.axis] = tc
+    if any(g.mult > f.mult for g in others):
+        # inside a partition (windows, patches): index i < n of each part reads i*b + taps, and taps
+        # that leave the part read its zero padding, not the neighbour: exact with the part's period
+        if t.a != 1:
+            raise Unsupported(f"{what} with several output phases inside a partition of spatial axis {f.axis}")
+        n, m = f.size, f.mult
+        taps_ = []
+        for phi in range(out_size * m):
+            i, r = divmod(phi, m)
+            taps_.append(tuple((i * t.b + q) * m + r for q in t.taps[0] if 0 <= i * t.b + q < n))
+        maps[f.axis] = TapMap(out_size * m, n * m, tuple(taps_))
+    else:
+        maps[f.axis] = fl.index_to_coord(t, f.mult)
     dims[dim] = (f._replace(size=out_size),)
+    dims = _remult([tuple(d) for d in dims], f.axis)
     out = apply_maps(v, maps, dims, shape)
     new = out.full[f.axis]
     if isinstance(new, Periodic) and any(lo is None for lo in new.lo) and not (
@@ -509,7 +551,8 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
                 mine = [(d + rank_off, f_.size, f_.mult) for d, _, f_ in v.factors(k) if f_.size != 1]
                 theirs = [(d, f_.size, f_.mult) for d, _, f_ in tmp.factors(k) if f_.size != 1]
                 if mine != theirs:
-                    if all(v.shape[d - rank_off] == 1 for d, _, _ in mine) or not mine:
+                    if all(v.shape[d - rank_off] == 1 for d, _, _ in mine) or not mine or (
+                            _every_span_whole(v, f, k) and _every_span_whole(v, lf, k, True)):
                         f, lf = _hull(v, f, k, v.extent(k)), _hull(v, lf, k, v.extent(k))
                     else:
                         raise Unsupported(f"elementwise op on tensors that hold spatial axis {k} in "
@@ -531,11 +574,25 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
     c = [fl.centres([v.full[k]]) for v in dep for k in range(nd)]
     del c
     lossy = next((v.lossy for v in dep if v.lossy), None)
+    llossy = next((v.llossy for v in dep if v.llossy), None)
     chan = next((v.chan_mixed for v in dep if v.chan_mixed), None)
     last = next((v.last_spatial for v in dep if v.last_spatial is not None), None)
     out = Value(tuple(shape), tuple(tuple(d) for d in dims), tuple(full), tuple(local), base[0].whole,
-                tuple(where), expr, tuple(notes), lossy, chan, last)
+                tuple(where), expr, tuple(notes), lossy, chan, last, llossy)
     return _finish(out)
+
+
+def _every_span_whole(v: Value, f, k: int, none_ok: bool = False) -> bool:
+    """Every position of ``v`` sees the whole input on axis ``k`` (then how positions line up with
+    another tensor's does not matter)."""
+    if f is None:
+        return none_ok
+    if isinstance(f, Const):
+        return _is_whole(v, k, f)
+    n, w = v.extent(k), v.whole[k]
+    if n is None or w is None or n > 4096:
+        return False
+    return all(s is not None and s[0] <= w[0] and s[1] >= w[1] for s in (f.at(q) for q in range(n)))
 
 
 def misaligned_note(vals: Sequence[Value], node: str) -> str:
@@ -548,6 +605,44 @@ def misaligned_note(vals: Sequence[Value], node: str) -> str:
             return (f"{node}: branches are misaligned on spatial axis {k} (centres of output 0 at {shown}); "
                     "the field is their union")
     return ""
+
+
+def position_fields(v: Value) -> tuple:
+    """``(full, local, positions)`` per axis as seen from the tensor's *position*: factors of an axis
+    held in another dimension than its outermost factor (sub-pixel positions in channels after a pixel
+    unshuffle) are unioned, as an output position covers all its channels; ``positions`` is the
+    number of positions along the axis (``None`` where the tensor has none)."""
+    full, local = list(v.full), list(v.local)
+    count: list = [None] * v.ndim
+    for k in range(v.ndim):
+        fac = v.factors(k)
+        if not fac:
+            continue
+        top = max(fac, key=lambda t: t[2].mult)[0]
+        count[k] = math.prod(f.size for d, _, f in fac if d == top and f.size)
+        for f in sorted((f for d, _, f in fac if d != top), key=lambda f: -f.mult):
+            t = fl.drop_factor_map(f.mult, f.size)          # highest first: lower multipliers stay valid
+            full[k], local[k] = fl.apply(full[k], t), fl.apply(local[k], t)
+    return tuple(full), tuple(local), tuple(count)
+
+
+def cyclic_shift(v: Value, dim: int, s: int) -> Value:
+    """``torch.roll`` by ``s`` along ``dim``: position ``i`` reads ``(i - s) mod n``, exactly (the
+    field gets the period of the rolled positions: outputs near the border read the other side)."""
+    fs = [f for f in v.dims[dim] if f.size != 1]
+    n = v.shape[dim]
+    s %= max(n, 1)
+    if s == 0 or not any(f.kind in ("s", "x") for f in fs):
+        return v
+    if len(fs) != 1 or fs[0].kind != "s":
+        raise Unsupported(f"roll along a dimension that holds several factors {_show(v.dims[dim])}")
+    f = fs[0]
+    m = f.mult
+    a = n * m
+    t = TapMap(a, a, tuple(((((phi // m) - s) % n) * m + phi % m,) for phi in range(a)))
+    maps = [None] * v.ndim
+    maps[f.axis] = t
+    return apply_maps(v, maps)
 
 
 # ------------------------------------------------------------------------------- cat / index
@@ -589,7 +684,7 @@ def cat(vals: Sequence[Value], dim: int, shape: tuple, node: str) -> Value:
         d[dim] = (Factor("c" if "c" in kinds or not kinds else sorted(kinds)[0], shape[dim]),)
     out = out.with_(dims=tuple(d))
     if positional:
-        out = out.with_(lossy=out.lossy or node)
+        out = out.with_(lossy=out.lossy or node, llossy=out.llossy or node)
     elif len({(v.full, v.local) for v in dep}) > 1 or len(dep) < len(vals):
         out = out.with_(chan_mixed=out.chan_mixed or node)
     return out
@@ -606,7 +701,7 @@ def select_range(v: Value, dim: int, start: int, stop: int, step: int, node: str
     shape = list(v.shape)
     if (start, stop, step) == (0, n, 1) and keep:
         return v
-    if any(f.kind == "x" for f in fs) and not all_whole(v):
+    if any(f.kind == "x" for f in fs) and v.lossy:
         raise Unsupported(f"{op} of a dimension whose positions were merged by the concatenation at "
                           f"{v.lossy!r} (which of them are kept is not tracked)")
     sp = [f for f in fs if f.kind == "s" and f.size != 1]
@@ -754,16 +849,24 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
             lab[c] = (Factor("c" if "c" in kinds else ("b" if kinds == {"b"} else "o"), size[c]),)
     seen: set = set()
     dup: set = set()
+
+    def overlaps(f, g) -> bool:   # digit ranges [mult, mult*size) of two factors of one axis
+        return f[0] == g[0] and f[2] < g[2] * g[1] and g[2] < f[2] * f[1]
+
     for c in out:
         ks = keys(lab[c])
-        if ks and ks <= seen:
-            dup.add(c)
-        elif ks & seen:
+        if not ks:
+            continue
+        clash = [any(overlaps(f, g) for g in seen) for f in ks]
+        if ks <= seen or all(clash):
+            dup.add(c)            # keys: the same positions again, or another grid of an axis held already
+        elif any(clash):
             raise Unsupported(f"einsum {spec!r}: output dimension {c!r} repeats part of a position")
-        seen |= ks
+        else:
+            seen |= ks
     nd = ops[0][0].ndim
     fulls, locs, wheres, exprs, notes = [], [], [], [], []
-    lossy = chan = last = None
+    lossy = chan = last = llossy = None
     for v, letters, inplace in ops:
         ddims = [d for d, c in enumerate(letters) if c in dup and positional(v.dims[d])]
         if ddims:
@@ -791,7 +894,7 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
         if v.expr is not None:
             exprs.append(v.expr)
         notes += [n for n in v.notes if n not in notes]
-        lossy, chan = lossy or v.lossy, chan or v.chan_mixed
+        lossy, chan, llossy = lossy or v.lossy, chan or v.chan_mixed, llossy or v.llossy
         last = last or v.last_spatial
     full, local, where = [], [], []
     w0 = ops[0][0].whole
@@ -805,4 +908,4 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
     dims = tuple(((O(size[c]),) if c in dup else tuple(lab[c])) for c in out)
     expr = exprs[0] if len(exprs) == 1 else (EUnion(tuple(exprs), node) if exprs else None)
     return _finish(Value(tuple(shape), dims, tuple(full), tuple(local), w0, tuple(where), expr,
-                         tuple(notes), lossy, chan, last))
+                         tuple(notes), lossy, chan, last, llossy))
