@@ -582,3 +582,67 @@ def test_functional_ops_gated_chunk_cat_interpolate_brute_force():
     rf = atrous.receptive_field(net, shape)
     assert rf.period == (2, 2) and rf.jump == (1, 1)
     check_interior(net, shape, rf, oracle=perturb_support)
+
+
+# ---------------------------------------------------------------- inputs: size, devices, several inputs
+
+def _resnet_like():
+    return nn.Sequential(nn.Conv2d(3, 8, 7, stride=2, padding=3), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1))
+
+
+def test_huge_input_costs_nothing():
+    import time
+    import tracemalloc
+    net = _resnet_like()
+    tracemalloc.start()
+    t = time.perf_counter()
+    rf = atrous.receptive_field(net, (1, 3, 100_000, 100_000), at="4")
+    took = time.perf_counter() - t
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert rf.size == (19, 19) and rf.jump == (4, 4)     # 7, + 2*2 (max pool at jump 2), + 2*4
+    assert peak < 50 * 2 ** 20 and took < 30          # shapes only: a real input would be 120 GB
+
+
+def test_input_too_small_names_the_layer_in_one_line():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, stride=2), nn.Conv2d(4, 4, 5))
+    with pytest.raises(ValueError) as e:
+        atrous.receptive_field(net, (1, 3, 8, 8))
+    msg = str(e.value)
+    assert "\n" not in msg and "'2'" in msg and "Conv2d" in msg
+
+
+def test_meta_device_model_and_example_tensors():
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, dilation=2), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2))
+    rf = atrous.receptive_field(net, (1, 3, 32, 32))
+    assert rf.size == (7, 7) and rf.jump == (2, 2)
+    rf2 = atrous.receptive_field(net, torch.empty(2, 3, 32, 32))          # an example tensor
+    assert (rf2.size, rf2.jump, rf2.start) == (rf.size, rf.jump, rf.start)
+
+
+def test_two_inputs_share_positions_and_different_sizes_are_refused():
+    class Fuse(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(1, 4, 5, padding=2)
+
+        def forward(self, rgb, depth):
+            return self.a(rgb) + F.interpolate(self.b(depth), size=rgb.shape[-2:])
+
+    rf = atrous.receptive_field(Fuse(), [(1, 3, 16, 16), (1, 1, 16, 16)])
+    assert rf.size == (5, 5) and rf.start == (0, 0)
+    with pytest.raises(ValueError, match="input 1 has spatial size"):
+        atrous.receptive_field(Fuse(), [(1, 3, 16, 16), (1, 1, 8, 8)])
+
+
+def test_model_is_not_modified_and_modes_restored():
+    net = _resnet_like()
+    net.train()
+    net[1].eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    atrous.receptive_field(net, (2, 3, 32, 32))
+    atrous.cost(net, (2, 3, 32, 32))
+    assert net.training and not net[1].training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
