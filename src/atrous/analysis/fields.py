@@ -31,7 +31,7 @@ from typing import Sequence
 
 from .. import geometry as geo
 
-__all__ = ["TapMap", "Periodic", "Const", "IDENTITY", "apply", "union", "hull", "conv_map",
+__all__ = ["TapMap", "Periodic", "Const", "IDENTITY", "apply", "union", "hull", "equal", "conv_map",
            "transpose_map", "mix_factor_map", "drop_factor_map", "index_to_coord", "FieldError"]
 
 
@@ -166,6 +166,15 @@ def union(fs: Sequence, where: str = "", whole: tuple | None = None):
     hi = tuple(None if all(f.hi[o] is None for f in ex) else max(f.hi[o] for f in ex if f.hi[o] is not None)
                for o in range(P))
     return _reduce(Periodic(P, ex[0].J, lo, hi))
+
+
+def equal(f, g) -> bool:
+    """The same field (whatever the period it is written with)."""
+    if isinstance(f, Periodic) and isinstance(g, Periodic):
+        P = math.lcm(f.P, g.P)
+        a, b = f.expand(P), g.expand(P)
+        return (a.J, a.lo, a.hi) == (b.J, b.lo, b.hi)
+    return f == g
 
 
 def centres(fs: Sequence) -> set:

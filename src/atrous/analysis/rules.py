@@ -416,10 +416,7 @@ def _view(c: Call):
             c.node.op == "view" and not isinstance(c.arg(1), (int, list, tuple))):
         if not isinstance(c.arg(1), (int, list, tuple)) and c.arg(1) is not None:
             return x                                  # view(dtype)
-    out = c.out_shape()
-    if c.node.op == "flatten" and not any(s == 0 for s in out):
-        return V.reshape(x, out)
-    return V.reshape(x, out)
+    return V.reshape(x, c.out_shape(), c.name)
 
 
 _VIEW_SAFE.add(_view)
@@ -697,7 +694,7 @@ def _roll(c: Call):
     dims = [dims] if isinstance(dims, int) else list(dims)
     v = x
     for s, d in zip(shifts, dims):
-        v = V.cyclic_shift(v, d % x.rank, s)
+        v = V.cyclic_shift(v, d % x.rank, s, c.name)
     return v
 
 

@@ -36,7 +36,8 @@ class Unsupported(ValueError):
 class Factor(NamedTuple):
     """One factor of a tensor dimension: ``kind`` is ``'b'`` batch, ``'c'`` channel/feature, ``'s'``
     spatial (``axis``: which input axis, ``mult``: its weight in the coordinate), ``'o'`` other (no
-    position) or ``'x'`` positions merged by a concatenation (tracked only as a union)."""
+    position), ``'e'`` a broadcast (``expand``: every element along it is the same) or ``'x'``
+    positions merged by a concatenation or an untracked move (tracked only as a union)."""
 
     kind: str
     size: int | None
@@ -200,7 +201,7 @@ def _canon(fs: tuple) -> tuple:
                     g.mult == f.mult * f.size:
                 out[-1] = Factor("s", g.size * f.size, f.axis, f.mult)
                 continue
-            if f.kind == g.kind and f.kind in ("c", "b", "o") and f.size and g.size:
+            if f.kind == g.kind and f.kind in ("c", "b", "o", "e") and f.size and g.size:
                 out[-1] = Factor(f.kind, g.size * f.size)
                 continue
         out.append(f if f.kind == "s" else Factor(f.kind, f.size))
@@ -257,7 +258,22 @@ def relabel(v: Value, dims, shape) -> Value:
 
 # --------------------------------------------------------------------------------- reshape
 
-def reshape(v: Value, shape: Sequence[int]) -> Value:
+def reshape(v: Value, shape: Sequence[int], node: str = "") -> Value:
+    """Labels after ``view``/``reshape`` (see :func:`_reshape`); a view that cuts through the
+    factors of a dimension merges the positions there (:func:`merge_positions`)."""
+    try:
+        return _reshape(v, shape)
+    except Unsupported:
+        if not node or math.prod(shape) != math.prod(v.shape):
+            raise
+    merged = merge_positions(v, range(v.rank), node)
+    flat = replace(merged, dims=tuple((Factor("x" if any(f.kind == "x" for f in fs) else "o", n),)
+                                      for fs, n in zip(merged.dims, merged.shape)))
+    out = [(Factor("x" if any(f.kind == "x" for fs in flat.dims for f in fs) else "o", n),) for n in shape]
+    return relabel(flat, out, shape)
+
+
+def _reshape(v: Value, shape: Sequence[int]) -> Value:
     """Labels after ``view``/``reshape``: the row-major factor sequence regrouped into ``shape``.
 
     Factors are split when a new dimension takes part of one (a spatial factor of ``n`` split into
@@ -317,8 +333,8 @@ def _refine(v: Value) -> Value:
     for fs in dims:
         for i in range(len(fs) - 1):
             f, g = fs[i], fs[i + 1]
-            if f.kind == "s" and f.mult == 1 and g.kind in ("c", "o") and g.size and g.size > 1 \
-                    and maps[f.axis] is None:
+            if f.kind == "s" and f.mult == 1 and g.kind in ("c", "e") and g.size and g.size > 1 \
+                    and maps[f.axis] is None and len(v.factors(f.axis)) == 1:   # the whole axis is here
                 r = g.size
                 k = f.axis
                 for dd, ffs in enumerate(dims):
@@ -347,7 +363,7 @@ def expand(v: Value, shape: Sequence[int]) -> Value:
     for d, (n, old) in enumerate(zip(shape[lead:], v.shape)):
         n = old if n == -1 else n
         if n != old:
-            dims.append((O(n),))
+            dims.append((Factor("e", n),))          # broadcast: every element along it is the same
         else:
             dims.append(v.dims[d])
     out = relabel(v, dims, [old if n == -1 else n for n, old in zip(shape, (None,) * lead + tuple(v.shape))])
@@ -405,12 +421,15 @@ def mix(v: Value, dims: Sequence[int], kind: str, node: str, remove: bool = Fals
         else:
             opaque = opaque or f"{node} mixes several factors of spatial axis {k}"
     lossy, llossy = v.lossy, v.llossy
-    if lossy and all(d in dims for d, fs in enumerate(v.dims) for f in fs if f.kind == "x"):
+    xs = [d for d, fs in enumerate(v.dims) for f in fs if f.kind == "x"]
+    if lossy and xs and all(d in dims for d in xs):
         lossy = None                  # the merged positions are mixed away: the union is now exact
         llossy = llossy if kind == "stat" else None
         for d in dims:
             new_dims[d] = [f._replace(kind="o") if f.kind == "x" else f for f in new_dims[d]]
         where = [w or (node if isinstance(f, Const) else None) for w, f in zip(where, full)]
+        if kind != "stat":               # a global mix or reduction of them is not a local path
+            local = [None if isinstance(f, Const) else lf for f, lf in zip(full, local)]
     shape = list(v.shape)
     if remove:
         for d in reversed(dims):
@@ -450,21 +469,20 @@ def taps(v: Value, dim: int, t: TapMap, out_size: int | None, what: str, node: s
     """A convolution-like op along tensor dimension ``dim`` with index tap map ``t``."""
     dim = _norm_dim(dim, v.rank)
     fs = v.dims[dim]
+    if len([f for f in fs if f.size != 1 and f.kind in ("s", "x")]) > 1 or (
+            any(f.kind == "s" and f.size != 1 for f in fs) and len([f for f in fs if f.size != 1]) > 1):
+        v = merge_positions(v, [dim], node or what)        # e.g. a pad of a flattened (position, other) dim
+        fs = v.dims[dim]
     sp = [f for f in fs if f.kind == "s"]
-    if any(f.kind == "x" for f in fs):
-        raise Unsupported(f"{what} runs along a dimension whose positions were merged by a concatenation "
-                          f"at {v.lossy!r}")
     dims = list(v.dims)
     shape = list(v.shape)
     shape[dim] = out_size
     if t.is_identity and out_size == v.shape[dim]:  # a 1x1, stride-1 op: positions unchanged
         return v
     if not sp:                                     # along a dimension with no positions (channels ...)
-        kind = "c" if any(f.kind == "c" for f in fs) else "o"
+        kind = "c" if any(f.kind == "c" for f in fs) else ("x" if any(f.kind == "x" for f in fs) else "o")
         dims[dim] = (Factor(kind, out_size),)
         return relabel(v, dims, shape)
-    if len([f for f in fs if f.size != 1]) > 1:
-        raise Unsupported(f"{what} runs along a dimension that holds several factors {fs}")
     f = sp[0]
     others = [g for d, i, g in v.factors(f.axis) if (d, i) != (dim, fs.index(f))]
     maps = [None] * v.ndim
@@ -496,8 +514,8 @@ def taps(v: Value, dim: int, t: TapMap, out_size: int | None, what: str, node: s
 # ------------------------------------------------------------------------- broadcasting union
 
 def _same_positions(a: tuple, b: tuple) -> bool:
-    pa = [f for f in a if f.kind in ("s", "x") and f.size != 1]
-    pb = [f for f in b if f.kind in ("s", "x") and f.size != 1]
+    pa = [f for f in a if f.kind == "s" and f.size != 1]
+    pb = [f for f in b if f.kind == "s" and f.size != 1]
     return pa == pb
 
 
@@ -513,22 +531,46 @@ def _broadcast_dims(vals: Sequence[Value], shape: tuple, node: str):
             if vd < 0 or v.shape[vd] == 1 and shape[d] != 1:
                 continue
             lab = v.dims[vd]
+            if any(f.kind == "x" for f in lab) and (chosen is None or not any(f.kind == "x" for f in chosen)):
+                chosen = (Factor("x", shape[d]),)     # merged positions win: tracked as a union
+                continue
             if chosen is None:
                 chosen = lab
+            elif any(f.kind == "x" for f in chosen):
+                continue
             elif not _same_positions(chosen, lab):
-                if not any(f.kind in ("s", "x") for f in chosen):
+                merged = _interleave(chosen, lab)
+                if merged is not None:
+                    chosen = merged
+                elif not any(f.kind == "s" for f in chosen):
                     chosen = lab
-                elif any(f.kind in ("s", "x") for f in lab):
+                elif any(f.kind == "s" for f in lab):
                     raise Unsupported(f"elementwise op on tensors whose dimension {d} holds different "
                                       f"positions ({_show(chosen)} vs {_show(lab)}): misaligned layouts")
         dims.append(chosen if chosen is not None else ((O(shape[d]),) if shape[d] != 1 else ()))
     return dims
 
 
+def _interleave(a: tuple, b: tuple):
+    """One label from two with the same factor sizes where, factor by factor, at most one holds a
+    position (each tensor is constant along the other's positions there), else ``None``."""
+    if len(a) != len(b) or any(f.size != g.size for f, g in zip(a, b)):
+        return None
+    out = []
+    for f, g in zip(a, b):
+        if f.kind == "s" and g.kind == "s" and f != g:
+            return None
+        if "x" in (f.kind, g.kind):              # merged positions win: they are tracked as a union
+            out.append(Factor("x", f.size))
+            continue
+        out.append(f if f.kind == "s" else g if g.kind == "s" else f)
+    return tuple(out)
+
+
 def _show(fs) -> str:
-    names = {"b": "batch", "c": "channel", "o": "other", "x": "merged"}
-    return "(" + ", ".join(f"axis{f.axis}:{f.size}" if f.kind == "s" else f"{names[f.kind]}:{f.size}"
-                           for f in fs) + ")"
+    names = {"b": "batch", "c": "channel", "o": "other", "x": "merged", "e": "broadcast"}
+    return "(" + ", ".join(f"axis{f.axis}:{f.size}" + (f"*{f.mult}" if f.mult != 1 else "") if f.kind == "s"
+                           else f"{names[f.kind]}:{f.size}" for f in fs) + ")"
 
 
 def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
@@ -546,11 +588,22 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
         fk, lk, wk = [], [], []
         for v in dep:
             f, lf = v.full[k], v.local[k]
-            if out_has and v.factors(k):
+            rank_off = len(shape) - v.rank
+            if v.factors(k) and any(any(g.kind == "x" for g in tmp.dims[d + rank_off]) for d, _, _ in v.factors(k)):
+                f, lf = _hull(v, f, k, v.extent(k)), _hull(v, lf, k, v.extent(k))   # merged in the output
+            elif out_has and v.factors(k):
                 rank_off = len(shape) - v.rank
                 mine = [(d + rank_off, f_.size, f_.mult) for d, _, f_ in v.factors(k) if f_.size != 1]
                 theirs = [(d, f_.size, f_.mult) for d, _, f_ in tmp.factors(k) if f_.size != 1]
-                if mine != theirs:
+                dead = [t for t in mine if t[0] not in {d for d, _, _ in theirs}]
+                if dead and mine != theirs:
+                    res = _drop_dead(f, lf, mine, dead)
+                    if res is not None:
+                        f, lf, mine = res
+                M = _coarse(set(mine), set(theirs)) if mine != theirs else None
+                if M:
+                    f, lf = _upsample(f, M), _upsample(lf, M)
+                elif mine != theirs:
                     if all(v.shape[d - rank_off] == 1 for d, _, _ in mine) or not mine or (
                             _every_span_whole(v, f, k) and _every_span_whole(v, lf, k, True)):
                         f, lf = _hull(v, f, k, v.extent(k)), _hull(v, lf, k, v.extent(k))
@@ -582,6 +635,46 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
     return _finish(out)
 
 
+def _drop_dead(f, lf, facs: list, dead: list):
+    """Remove factors the fields do not depend on (a position that only indexes copies of the same
+    values, e.g. the key offset of relative-position logits): ``(f, lf, remaining factors)`` with the
+    multipliers renormalised, or ``None`` if a field depends on one of them."""
+    for _, n, m in dead:
+        t = fl.mix_factor_map(m, n)
+        if not (fl.equal(fl.apply(f, t), f) and fl.equal(fl.apply(lf, t), lf)):
+            return None
+    for w, n, m in sorted(dead, key=lambda x: -x[2]):
+        t = fl.drop_factor_map(m, n)
+        f, lf = fl.apply(f, t), fl.apply(lf, t)
+        facs = [(w2, n2, m2 // n if m2 > m else m2) for (w2, n2, m2) in facs if (w2, n2, m2) != (w, n, m)]
+    return f, lf, facs
+
+
+def _coarse(mine: set, theirs: set) -> int | None:
+    """``M`` when ``mine`` (``(where, size, mult)`` factors of one axis) is ``theirs`` on a grid ``M``
+    times coarser: the same factors with multipliers ``/M``, the rest of ``theirs`` the ``M`` finer
+    positions below (a per-block tensor broadcast over the positions inside each block)."""
+    if not mine:
+        return None
+    top_m = min(m for _, _, m in theirs) if theirs else 1
+    for w, s, m in mine:
+        for w2, s2, m2 in theirs:
+            if w2 == w and s2 == s and m2 % m == 0 and m2 > m:
+                M = m2 // m
+                scaled = {(a, b, c * M) for a, b, c in mine}
+                rest = theirs - scaled
+                if scaled <= theirs and all(c < M for _, _, c in rest) and \
+                        math.prod(b for _, b, _ in rest) == M:
+                    return M
+    del top_m
+    return None
+
+
+def _upsample(f, M: int):
+    """A field on a grid ``M`` times coarser, read at the finer positions (position ``c`` reads ``c // M``)."""
+    return fl.apply(f, TapMap(M, 1, ((0,),) * M))
+
+
 def _every_span_whole(v: Value, f, k: int, none_ok: bool = False) -> bool:
     """Every position of ``v`` sees the whole input on axis ``k`` (then how positions line up with
     another tensor's does not matter)."""
@@ -607,6 +700,25 @@ def misaligned_note(vals: Sequence[Value], node: str) -> str:
     return ""
 
 
+def merge_positions(v: Value, dims: Sequence[int], node: str) -> Value:
+    """Give up tracking positions inside ``dims`` (an op moves them in a way the labels cannot
+    follow): every axis they hold becomes the union over all its positions (an upper bound), and the
+    value is marked ``lossy`` -- exact again only once a global op mixes everything; otherwise the
+    field at the output is refused, never given."""
+    dims = [_norm_dim(d, v.rank) for d in dims]
+    axes = {f.axis for d in dims for f in v.dims[d] if f.kind == "s" and f.size != 1}
+    if not axes:
+        return v
+    full, local = list(v.full), list(v.local)
+    for k in axes:
+        n = v.extent(k)
+        full[k], local[k] = _hull(v, full[k], k, n), _hull(v, local[k], k, n)
+    new = [tuple(Factor("x", f.size) if f.kind == "s" and (d in dims or f.axis in axes) else f for f in fs)
+           for d, fs in enumerate(v.dims)]
+    return replace(v, dims=tuple(new), full=tuple(full), local=tuple(local), lossy=v.lossy or node,
+                   llossy=v.llossy or node, expr=EOpaque(f"{node} moves positions the analysis does not track"))
+
+
 def position_fields(v: Value) -> tuple:
     """``(full, local, positions)`` per axis as seen from the tensor's *position*: factors of an axis
     held in another dimension than its outermost factor (sub-pixel positions in channels after a pixel
@@ -626,7 +738,7 @@ def position_fields(v: Value) -> tuple:
     return tuple(full), tuple(local), tuple(count)
 
 
-def cyclic_shift(v: Value, dim: int, s: int) -> Value:
+def cyclic_shift(v: Value, dim: int, s: int, node: str = "") -> Value:
     """``torch.roll`` by ``s`` along ``dim``: position ``i`` reads ``(i - s) mod n``, exactly (the
     field gets the period of the rolled positions: outputs near the border read the other side)."""
     fs = [f for f in v.dims[dim] if f.size != 1]
@@ -635,7 +747,7 @@ def cyclic_shift(v: Value, dim: int, s: int) -> Value:
     if s == 0 or not any(f.kind in ("s", "x") for f in fs):
         return v
     if len(fs) != 1 or fs[0].kind != "s":
-        raise Unsupported(f"roll along a dimension that holds several factors {_show(v.dims[dim])}")
+        return merge_positions(v, [dim], node or "roll")
     f = fs[0]
     m = f.mult
     a = n * m
@@ -701,31 +813,25 @@ def select_range(v: Value, dim: int, start: int, stop: int, step: int, node: str
     shape = list(v.shape)
     if (start, stop, step) == (0, n, 1) and keep:
         return v
-    if any(f.kind == "x" for f in fs) and v.lossy:
-        raise Unsupported(f"{op} of a dimension whose positions were merged by the concatenation at "
-                          f"{v.lossy!r} (which of them are kept is not tracked)")
+    if size == 0:
+        shape[dim] = 0
+        return Value.constant(tuple(shape) if keep else tuple(shape[:dim] + shape[dim + 1:]), v.whole)
     sp = [f for f in fs if f.kind == "s" and f.size != 1]
     if not sp:
         if v.chan_mixed and any(f.kind == "c" for f in fs) and v.dependent:
             v = v.add_note(f"{node}: selects channels of {v.chan_mixed!r}, which joined channels with "
                            "different fields; the field is the union over all of them (an upper bound)")
-        kind = fs[0].kind if fs else "o"
+        kind = "x" if any(f.kind == "x" for f in fs) else (fs[0].kind if fs else "o")
         if keep:
-            dims[dim] = [Factor(kind if kind in ("b", "c") else "o", size)]
+            dims[dim] = [Factor(kind if kind in ("b", "c", "x") else "o", size)]
             shape[dim] = size
         else:
             del dims[dim]
             del shape[dim]
         return relabel(v, dims, shape)
     nonunit = [f for f in fs if f.size != 1]
-    if len(nonunit) > 1:
-        if not keep:       # an integer on a merged dim: one index per factor
-            idx = start
-            for f in reversed(nonunit):
-                idx_f, idx = idx % f.size, idx // f.size
-                del idx_f
-            raise Unsupported(f"{op} of one element of a dimension that holds several factors {_show(fs)}")
-        raise Unsupported(f"{op} {start}:{stop}:{step} of a dimension that holds several factors {_show(fs)}")
+    if len(nonunit) > 1:   # part of a flattened dimension (e.g. tokens[1:]): its positions merge
+        return select_range(merge_positions(v, [dim], node), dim, start, stop, step, node, keep, op)
     f = nonunit[0]
     k, m = f.axis, f.mult
     # positions c = ... + i*m + r  ->  c' = ... + i'*m + r with i = start + i'*step
@@ -840,8 +946,15 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
         cands = [v.dims[letters.index(c)] for v, letters, _ in ops
                  if c in letters and v.shape[letters.index(c)] == size[c]]
         pos = [fs for fs in cands if positional(fs)]
+        if any(f.kind == "x" for fs in pos for f in fs):                  # merged positions win
+            pos = [(Factor("x", size[c]),)]
+        pos.sort(key=lambda fs: -sum(f.mult for f in positional(fs)))     # the finest grid first
         for p in pos[1:]:
-            if positional(p) != positional(pos[0]):
+            a, b = positional(p), positional(pos[0])
+            scales = {(g.mult // f.mult if f.mult and g.mult % f.mult == 0 else 0)
+                      for f, g in zip(a, b)} if len(a) == len(b) and all(
+                          (f.kind, f.axis, f.size) == (g.kind, g.axis, g.size) for f, g in zip(a, b)) else {0}
+            if a != b and (len(scales) != 1 or 0 in scales):
                 raise Unsupported(f"einsum {spec!r}: operands hold different positions in {c!r}")
         lab[c] = pos[0] if pos else (cands[0] if cands else (O(size[c]),))
         if not pos and cands:
@@ -873,13 +986,28 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
             v = mix(v, ddims, "mix", node)
         fk, lk = list(v.full), list(v.local)
         for k in range(nd):
+            if any(d < len(letters) and letters[d] in lab and any(g.kind == "x" for g in lab[letters[d]])
+                   for d, _, _ in v.factors(k)):                  # merged in the output: a union
+                fk[k], lk[k] = _hull(v, fk[k], k, v.extent(k)), _hull(v, lk[k], k, v.extent(k))
+                continue
             mine = {(letters[d], f.size, f.mult) for d, _, f in v.factors(k) if f.size != 1 and d < len(letters)
                     and letters[d] in out and letters[d] not in dup and v.shape[d] == size[letters[d]]}
             theirs = {(c, f.size, f.mult) for c in out if c not in dup for f in lab[c]
                       if f.kind == "s" and f.axis == k and f.size != 1}
             mixed = {(f.size, f.mult) for d, _, f in v.factors(k)
                      if letters[d] in dup or letters[d] in inplace}
+            dead = [t for t in mine if t[0] not in {c for c, _, _ in theirs}]
+            if dead and not (mine <= theirs):
+                res = _drop_dead(fk[k], lk[k], list(mine) + [("#", s_, m) for s_, m in mixed], dead)
+                if res is not None:
+                    fk[k], lk[k] = res[0], res[1]
+                    mine = {t for t in res[2] if t[0] != "#"}
+                    mixed = {(s_, m) for c, s_, m in res[2] if c == "#"}
             if mine <= theirs and {(s_, m) for _, s_, m in theirs - mine} <= mixed:
+                continue
+            M = _coarse(mine, theirs)
+            if M:                                  # a per-block operand (keys of overlapping windows)
+                fk[k], lk[k] = _upsample(fk[k], M), _upsample(lk[k], M)
                 continue
             if not mine and not v.factors(k):
                 continue
