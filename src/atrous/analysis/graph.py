@@ -347,10 +347,12 @@ def record(model, inputs: Sequence, *, meta: bool = True, train: bool = False, k
                         kwargs["device"] = "meta"
                 elif name in ("to", "cpu", "cuda") and is_method(func) and args and \
                         isinstance(args[0], torch.Tensor) and args[0].device.type == "meta":
-                    func, name = torch.Tensor.to, "to"
-                    rest = [a for a in args[1:] if not isinstance(a, (str, torch.device))]
+                    func, name = torch.Tensor.to, "to"       # stay on meta: keep dtype (or a tensor's dtype)
+                    rest = [a.dtype if isinstance(a, torch.Tensor) else a for a in args[1:]
+                            if not isinstance(a, (str, torch.device))]
                     kwargs.pop("device", None)
                     kwargs.pop("non_blocking", None)
+                    kwargs.pop("copy", None)
                     args = (args[0],) + tuple(a for a in rest if isinstance(a, torch.dtype))
             x0 = args[0] if args else kwargs.get("input")
             if meta and name in _SAME_SHAPE and isinstance(x0, torch.Tensor) and x0.device.type == "meta":

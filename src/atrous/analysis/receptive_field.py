@@ -316,15 +316,15 @@ def field_of(g, vals: dict, t: int, name: str | None = None) -> ReceptiveField:
     v = vals[t]
     nm = name or g.nodes[g.tensors[t].node].name
     if v.lossy:
-        raise G.AnalysisError(f"the field at {nm!r} is not exact: the concatenation at {v.lossy!r} merged "
-                              "positions (e.g. a class token joined to patch tokens) and no later op mixes them "
-                              "all, so which positions each element holds is not tracked")
+        raise G.AnalysisError(f"the field at {nm!r} cannot be given exactly: {v.lossy!r} merged positions (a "
+                              "concatenation along positions such as a class token joined to patch tokens, an "
+                              "overlapping unfold, a reshape across a flattened position) and no later op mixes "
+                              "them all, so which positions each element holds is not tracked")
     notes = list(v.notes) + [n for n in g.notes if n not in v.notes]
     full, loc, counts = V.position_fields(v)
     local = None
     if v.llossy and any(f is not None for f in loc):
-        notes.append(f"local field not given: the concatenation at {v.llossy!r} merged positions and the local "
-                     "paths do not mix them")
+        notes.append(f"local field not given: {v.llossy!r} merged positions and the local paths do not mix them")
     elif any(f is not None for f in loc):
         local = _make_rf(loc, v.whole, g.sizes, nm, (), (None,) * v.ndim)
     last = None

@@ -735,8 +735,9 @@ def _im2col(c: Call):
             v = V.taps(v, dim, fl.conv_map(k[ax], s[ax], d[ax], p[ax]), (oh, ow)[ax], "unfold", node=c.name)
         v = V.reshape(v, lead + [ch, oh * ow])
         dims = list(v.dims)
-        dims[L] = (Factor("c", ch * k[0] * k[1]),)
-        return V.relabel(v, dims, out)
+        # the kernel offsets are positions: merged (each element reads one of them), exact once mixed
+        dims[L] = (Factor("c", ch), Factor("x", k[0]), Factor("x", k[1]))
+        return V.relabel(v, dims, out).with_(lossy=v.lossy or c.name, llossy=v.llossy or c.name)
     # fold: (N, C k0 k1, L) -> (N, C, H, W), only the non-overlapping case (a reshape)
     oh_, ow_ = out[-2:]
     if k == s and p == (0, 0) and d == (1, 1) and oh_ % k[0] == 0 and ow_ % k[1] == 0:
@@ -745,7 +746,19 @@ def _im2col(c: Call):
         v = V.reshape(x, lead + [ch, k[0], k[1], nh, nw])
         v = V.permute(v, list(range(L)) + [L, L + 3, L + 1, L + 4, L + 2])
         return V.reshape(v, lead + [ch, oh_, ow_])
-    raise Unsupported("fold with overlapping or padded patches")
+    # overlapping patches: output y sums the patches l with y = l*stride - padding + tap*dilation,
+    # the geometry of a transposed convolution
+    ch = out[L]
+    lh, lw = (geo.output_size(n, kk, ss, dd, (pp, pp)) for n, kk, ss, dd, pp in zip((oh_, ow_), k, s, d, p))
+    v = V.reshape(x, lead + [x.shape[L], lh, lw], c.name)
+    if any(f.kind == "x" for f in v.dims[L]):        # offsets not mixed: the scatter stays an upper bound
+        v = V.relabel(v, v.dims[:L] + ((C(ch),),) + v.dims[L + 1:], v.shape[:L] + (ch,) + v.shape[L + 1:])
+    else:
+        v = V.drop_dim(v, L, c.name, (C(ch),), ch)
+    for ax in range(2):
+        v = V.taps(v, L + 1 + ax, fl.transpose_map(k[ax], s[ax], d[ax], p[ax]), (oh_, ow_)[ax], "fold",
+                   node=c.name)
+    return v
 
 
 # ----------------------------------------------------------------------------------- conv & pool
@@ -883,10 +896,16 @@ def _adaptive(c: Call):
     return [v] * max(1, c.nouts)
 
 
-def _resample_map(n: int, m: int, mode: str, scale: Fraction | None) -> fl.TapMap:
+def _resample_map(n: int, m: int, mode: str, scale: Fraction | None, align_corners: bool = False) -> fl.TapMap:
     """Output ``o`` of an ``n -> m`` resampling reads source ``(o + 0.5) * scale - 0.5`` (linear
-    modes) or ``floor(o * scale)`` (nearest), with ``scale = n / m`` unless a scale factor is used."""
-    scale = scale if scale is not None else Fraction(n, m)
+    modes; ``o * (n - 1) / (m - 1)`` with ``align_corners``) or ``floor(o * scale)`` (nearest), with
+    ``scale = n / m`` unless a scale factor is used; the taps with nonzero weight are read (one at an
+    integer source, two for linear and four for cubic between samples). Periodic either way: ``a``
+    outputs per ``b`` inputs."""
+    if align_corners:
+        scale = Fraction(n - 1, m - 1)
+    else:
+        scale = scale if scale is not None else Fraction(n, m)
     a, b = scale.denominator, scale.numerator      # a outputs per b inputs
     taps = []
     for o in range(a):
@@ -895,12 +914,16 @@ def _resample_map(n: int, m: int, mode: str, scale: Fraction | None) -> fl.TapMa
         elif mode == "nearest-exact":
             taps.append((math.floor((o + Fraction(1, 2)) * scale),))
         else:
-            src = (o + Fraction(1, 2)) * scale - Fraction(1, 2)
+            src = o * scale if align_corners else (o + Fraction(1, 2)) * scale - Fraction(1, 2)
             fl_ = math.floor(src)
-            if mode == "bicubic":
-                taps.append(tuple(range(fl_ - 1, fl_ + 3)) if src != fl_ else tuple(range(fl_ - 1, fl_ + 2)))
+            # a source exactly on a sample reads it alone (weight 0 for the neighbour; PyTorch's
+            # floating-point source can leave it ~1e-16, e.g. 2 -> 10 samples, output 2)
+            if src == fl_:
+                taps.append((fl_,))
+            elif mode == "bicubic":
+                taps.append(tuple(range(fl_ - 1, fl_ + 3)))
             else:
-                taps.append((fl_,) if src == fl_ else (fl_, fl_ + 1))
+                taps.append((fl_, fl_ + 1))
     return fl.TapMap(a, b, tuple(taps))
 
 
@@ -909,9 +932,7 @@ def _interpolate(c: Call):
     x = c.val(0)
     op = c.node.op
     mode = {"upsample_nearest": "nearest", "upsample_bilinear": "bilinear"}.get(op) or c.arg(3, "mode", "nearest")
-    align = c.arg(4, "align_corners", None) if op not in ("upsample_bilinear",) else True
-    if align:
-        raise Unsupported("align_corners=True resampling is not periodic (use align_corners=False)")
+    align = bool(c.arg(4, "align_corners", None)) if op not in ("upsample_bilinear",) else True
     if c.arg(6, "antialias", False):
         raise Unsupported("antialiased resampling")
     if mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear", "bicubic", "area"):
@@ -923,6 +944,13 @@ def _interpolate(c: Call):
     v = x
     for i, dim in enumerate(range(2, x.rank)):
         n, m = x.shape[dim], out[dim]
+        if n == 1 and m > 1:                      # one source position: every output reads it
+            v = V.expand(v, tuple(m if d == dim else s for d, s in enumerate(v.shape)))
+            continue
+        if m == 1 and mode != "area":
+            v = V.select_range(v, dim, 0, 1, 1, c.name, op=op) if align or mode == "nearest" else \
+                V.taps(v, dim, _resample_map(n, m, mode, None), m, op, node=c.name)
+            continue
         if mode == "area":
             v = (V.taps(v, dim, _adaptive_map(n, m), m, op, node=c.name) if m > 1
                  else V.mix(v, [dim], "pool", c.name, True, True))
@@ -931,7 +959,7 @@ def _interpolate(c: Call):
         if sf is not None and not recompute:
             f = sf[i] if isinstance(sf, (list, tuple)) else sf
             scale = 1 / Fraction(f).limit_denominator(10 ** 6)
-        v = V.taps(v, dim, _resample_map(n, m, mode, scale), m, op, node=c.name)
+        v = V.taps(v, dim, _resample_map(n, m, mode, scale, align and mode != "nearest"), m, op, node=c.name)
     del nsp
     if mode in ("linear", "bilinear", "trilinear", "bicubic"):
         v = v.add_note(f"{c.name}: {mode} resampling clamps at the border (fields of border outputs are "

@@ -613,11 +613,8 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
             fk.append(f)
             lk.append(lf)
             wk.append(v.where[k])
-        try:
-            full.append(fl.union(fk, node, base[0].whole[k]))
-            local.append(fl.union(lk, node, base[0].whole[k]))
-        except FieldError as e:
-            raise Unsupported(str(e)) from None
+        full.append(_union_or_merge(fk, node, base[0].whole[k], [v.lossy for v in dep], dep, k))
+        local.append(_union_or_merge(lk, node, base[0].whole[k], [v.llossy for v in dep], dep, k))
         where.append(next((w for w in wk if w), None))
     notes = []
     for v in dep:
@@ -673,6 +670,18 @@ def _coarse(mine: set, theirs: set) -> int | None:
 def _upsample(f, M: int):
     """A field on a grid ``M`` times coarser, read at the finer positions (position ``c`` reads ``c // M``)."""
     return fl.apply(f, TapMap(M, 1, ((0,),) * M))
+
+
+def _union_or_merge(fs: list, node: str, whole, lossy: list, vals: list, k: int):
+    """The union of one axis's fields; when an operand is already an upper bound (``lossy``) and
+    the exact union is not representable, the union of their hulls (still an upper bound)."""
+    try:
+        return fl.union(fs, node, whole)
+    except FieldError as e:
+        if not any(lossy):
+            raise Unsupported(str(e)) from None
+    return fl.union([_hull(v, f, k, v.extent(k)) if isinstance(f, Periodic) else f for v, f in zip(vals, fs)],
+                    node, whole)
 
 
 def _every_span_whole(v: Value, f, k: int, none_ok: bool = False) -> bool:
@@ -1026,12 +1035,10 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
         last = last or v.last_spatial
     full, local, where = [], [], []
     w0 = ops[0][0].whole
+    opv = [op[0] for op in ops]
     for k in range(nd):
-        try:
-            full.append(fl.union([f[k] for f in fulls], node, w0[k]))
-            local.append(fl.union([f[k] for f in locs], node, w0[k]))
-        except FieldError as e:
-            raise Unsupported(str(e)) from None
+        full.append(_union_or_merge([f[k] for f in fulls], node, w0[k], [v.lossy for v in opv], opv, k))
+        local.append(_union_or_merge([f[k] for f in locs], node, w0[k], [v.llossy for v in opv], opv, k))
         where.append(next((w[k] for w in wheres if w[k]), None))
     dims = tuple(((O(size[c]),) if c in dup else tuple(lab[c])) for c in out)
     expr = exprs[0] if len(exprs) == 1 else (EUnion(tuple(exprs), node) if exprs else None)
