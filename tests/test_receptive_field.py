@@ -411,6 +411,8 @@ def test_unsupported_node_is_a_clear_error():
         atrous.receptive_field(Perm(), (1, 1, 4, 6))
 
 
+@pytest.mark.xfail(strict=True, reason="atrous.nn.Conv*d are nn.Conv subclasses now (issue 11): the fx tracer "
+                   "must keep nn.Conv subclasses as leaves and read m.pads() (lead's analysis part)")
 def test_atrous_nn_convs_strided_same_and_causal_brute_force():
     an = pytest.importorskip("atrous.nn")
     net = _positive(nn.Sequential(an.Conv2d(1, 2, 3, padding="causal", stride=2),
