@@ -190,7 +190,7 @@ def _measure(model, ds: Dataset, cfg: dict) -> dict:
     cov = coverage(model.body, input_shape=shape)
     c = cost(model, shape)
     with torch.no_grad():
-        feat = model.body(torch.zeros(shape))
+        feat = model.body(torch.zeros(shape, device=next(model.parameters()).device))
     n_params = sum(p.numel() for p in model.parameters())
     if int(c.params) != n_params:
         raise RuntimeError(f"atrous.cost counts {c.params} parameters, the model has {n_params}")
