@@ -25,15 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import geometry
+from ..geometry import IntOrTuple, PaddingArg
 
-__all__ = ["Conv1d", "Conv2d", "Conv3d", "conv", "PADDING_FILL_MODES", "IntOrTuple", "PaddingArg"]
+__all__ = ["Conv1d", "Conv2d", "Conv3d", "conv", "PADDING_FILL_MODES"]
 
 PADDING_FILL_MODES = ("zeros", "reflect", "replicate", "circular")
 
-IntOrTuple = Union[int, Sequence[int]]
-"""An int (the same on every spatial axis) or one int per spatial axis."""
-PaddingArg = Union[str, int, Sequence[Union[int, Sequence[int]]]]
-"""``"valid" | "same" | "causal" | "full"``, an int, one int per axis, or one ``(lo, hi)`` pair per axis."""
 PaddingSpec = Union[str, Tuple[Union[int, Tuple[int, int]], ...]]
 DeviceArg = Union[torch.device, str, int, None]
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import geometry
-from .conv import IntOrTuple
+from ..geometry import IntOrTuple
 
 __all__ = ["AvgPool2d"]
 

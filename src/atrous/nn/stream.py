@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import operator
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.fx as fx
@@ -95,7 +95,8 @@ class StreamConv1d(nn.Module):
     True
     """
 
-    def __init__(self, weight: torch.Tensor, bias, dilation: int, groups: int, inplace: bool):
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int, groups: int,
+                 inplace: bool) -> None:
         super().__init__()
         c_out, c_in_g, k = weight.shape
         self.k, self.dilation, self.groups, self.inplace = k, dilation, groups, inplace
@@ -244,7 +245,8 @@ class Stepper(nn.Module):
     __jit_unused_properties__ = ["history"]
 
     def __init__(self, program: fx.GraphModule, convs: List[StreamConv1d], names: List[str],
-                 in_channels: int, inplace: bool, script: bool = False, single=None):
+                 in_channels: int, inplace: bool, script: bool = False,
+                 single: Optional[fx.GraphModule] = None) -> None:
         super().__init__()
         self.has_single = single is not None
         single = program if single is None else single
@@ -295,12 +297,12 @@ class Stepper(nn.Module):
         return out
 
     @staticmethod
-    def clone_state(state) -> Tuple[torch.Tensor, ...]:
+    def clone_state(state: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         """A snapshot of ``state`` (the in-place stepper overwrites the buffers it is given)."""
         return tuple(s.clone() for s in state)
 
     @torch.jit.unused
-    def check(self, x: torch.Tensor, state) -> None:
+    def check(self, x: torch.Tensor, state: Sequence[torch.Tensor]) -> None:
         """Raise a one-line ``ValueError``/``TypeError`` naming the entry if ``x`` and ``state``
         do not fit this stepper (see the class docstring); ``step`` calls it."""
         ref = self._ref
@@ -356,7 +358,7 @@ class Stepper(nn.Module):
         if not r.is_contiguous():
             raise ValueError(f"{where} must be contiguous (the stepper writes into it); pass r.contiguous()")
 
-    def step(self, x: torch.Tensor, state) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+    def step(self, x: torch.Tensor, state: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
         """Consume ``x (N, C_in, T)`` and return ``(y (N, C_out, T), new_state)``."""
         self.check(x, state)
         with torch.no_grad():
