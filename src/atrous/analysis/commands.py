@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 
 EXAMPLES_RF = """\
 examples:
@@ -278,20 +277,6 @@ def show_data(spec, input_shape=None) -> dict:
     return data
 
 
-def _write_json_atomic(obj, path):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _show(args) -> int:
     if not args.out.lower().endswith((".png", ".pdf", ".svg")):
         raise _cli_error()(f"--out must end in .png, .pdf or .svg, got {args.out!r}")
@@ -301,7 +286,8 @@ def _show(args) -> int:
     except (ValueError, TypeError, ImportError) as e:
         raise _cli_error()(str(e)) from None
     json_path = os.path.splitext(args.out)[0] + ".json"
-    _write_json_atomic(data, json_path)
+    from .._io import write_json
+    write_json(json_path, data)
     from .. import plot
     with open(json_path) as f:                       # the figure is drawn from the saved data
         plot.analysis_field(json.load(f), args.out)
