@@ -368,6 +368,9 @@ BAD = [
     (lambda: ann.convert_to_dilated(FunctionalPool(lambda x: x[:, :, 1:, 1:]), 8),
      ValueError, "Tensor.__getitem__ in the model's forward .FunctionalPool. changes the grid by an unknown factor"),
     (lambda: ann.convert_to_dilated(resnet18(), 8, input_size=0), ValueError, "input_size must be"),
+    (lambda: ann.convert_to_dilated(nn.Sequential(*[nn.Conv2d(3, 3, 3, stride=2) for _ in range(4)]), 8,
+                                    input_size=8), ValueError,
+     r"the model failed on a zero input of shape \(1, 3, 8, 8\) \(RuntimeError: .*pass a larger input_size"),
 ]
 
 

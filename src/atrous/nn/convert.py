@@ -216,6 +216,10 @@ def _scan(model: nn.Module, input_size) -> _Scan:
         model.eval()
         with torch.no_grad(), scan:
             y = model(x)
+    except (RuntimeError, ValueError, IndexError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"convert_to_dilated: the model failed on a zero input of shape {tuple(x.shape)} "
+                         f"({type(e).__name__}: {first_line[:200]}); pass a larger input_size") from None
     finally:
         scan.remove()
         for m, flag in flags:
