@@ -411,7 +411,8 @@ def convert_to_dilated(model: nn.Module, output_stride: int = 16, *,
     ``model`` maps ``(N, C, H, W)`` to a feature map ``(N, C', H', W')`` (ResNet-style with
     downsampling shortcuts, VGG-style stacks with pooling: DeepLab-v1 on VGG-16 turns pool4/pool5 to
     stride 1). Then ``converted(x)[..., ::f, ::f] == model(x)`` with
-    ``f = output_stride_of(model) / output_stride`` (exact up to float summation order).
+    ``f = output_stride_of(model) / output_stride`` (exact up to float summation order; in training
+    mode a batch norm normalises over the finer grid, so the identity is an eval-mode one).
     ``input_size`` is the size of the zero input of the one forward pass that reads the strides.
 
     Raises ``ValueError`` (one line, naming the layer or call) when ``output_stride`` is not an
