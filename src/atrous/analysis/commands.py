@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 
 EXAMPLES_RF = """\
 examples:
@@ -114,26 +113,44 @@ def parse_shape(text: str) -> tuple:
 
 
 def load_model(spec: str):
-    """Import ``package.module:factory`` and call the factory (no arguments) for a torch model."""
-    if ":" not in spec:
-        raise ValueError(f"--model must look like package.module:factory, got {spec!r}")
-    modname, attr = spec.split(":", 1)
-    sys.path.insert(0, os.getcwd())
+    """Import ``package.module:Name`` and return the torch model it names: a module instance, or a
+    class or factory called with no arguments. This imports and runs that code.
+
+    The current directory is searched after the installed packages (moved to the end of ``sys.path``
+    for the import only), so a local file named like an installed package (``torchvision.py``) cannot
+    shadow it.
+    """
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ValueError(f"--model must look like package.module:Name (a class, a factory or a model), got {spec!r}")
+    modname, attr = spec.split(":")
+    cwd = os.getcwd()
+    saved = list(sys.path)                 # `python -m` puts the current directory first: move it last
+    sys.path[:] = [p for p in saved if p not in ("", ".", cwd)] + [cwd]
     try:
         mod = importlib.import_module(modname)
     except ImportError as e:
         raise ValueError(f"--model: cannot import {modname!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- the user's module failed while importing: one line, named
+        raise ValueError(f"--model: importing {modname!r} raised {type(e).__name__}: {e}") from None
     finally:
-        sys.path.pop(0)
+        sys.path[:] = saved
     if not hasattr(mod, attr):
         close = difflib.get_close_matches(attr, [n for n in dir(mod) if not n.startswith("_")], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"--model: module {modname!r} has no {attr!r}{hint}")
-    obj = getattr(mod, attr)
-    model = obj() if callable(obj) and not hasattr(obj, "parameters") else obj
     import torch
+    obj = getattr(mod, attr)
+    model = obj
+    if not isinstance(obj, torch.nn.Module):
+        if not callable(obj):
+            raise ValueError(f"--model: {spec} is a {type(obj).__name__}, not a torch.nn.Module, a class or a "
+                             "factory")
+        try:
+            model = obj()                               # a class or a factory, called with no arguments
+        except Exception as e:  # noqa: BLE001 -- user code: report it on one line, naming the call
+            raise ValueError(f"--model: calling {spec}() raised {type(e).__name__}: {e}") from None
     if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"--model: {spec} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ValueError(f"--model: {spec}() returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -287,20 +304,6 @@ def show_data(spec, input_shape=None) -> dict:
     return data
 
 
-def _write_json_atomic(obj, path):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _show(args) -> int:
     if not args.out.lower().endswith((".png", ".pdf", ".svg")):
         raise _cli_error()(f"--out must end in .png, .pdf or .svg, got {args.out!r}")
@@ -310,7 +313,8 @@ def _show(args) -> int:
     except (ValueError, TypeError, ImportError) as e:
         raise _cli_error()(str(e)) from None
     json_path = os.path.splitext(args.out)[0] + ".json"
-    _write_json_atomic(data, json_path)
+    from .._io import write_json
+    write_json(json_path, data)
     from .. import plot
     with open(json_path) as f:                       # the figure is drawn from the saved data
         plot.analysis_field(json.load(f), args.out)
@@ -356,6 +360,9 @@ def register(sub) -> None:
 
 def _source_args(p):
     p.add_argument("--layers", default=None, help="layer specs, e.g. k3d1,k3d2,k3s2p1 (see above)")
-    p.add_argument("--model", default=None, help="package.module:factory returning a torch.nn.Module")
+    p.add_argument("--model", default=None,
+                   help="package.module:Name, a torch.nn.Module class (built with no arguments), a factory or a "
+                        "model instance; this imports and runs that code (the current directory is searched "
+                        "after installed packages)")
     p.add_argument("--input-shape", default=None, help="N,C,*spatial, e.g. 1,3,224,224 (needed with --model)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
