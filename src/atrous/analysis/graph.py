@@ -401,7 +401,7 @@ def record(model, inputs: Sequence, *, meta: bool = True, train: bool = False, k
         call_count[q] = c + 1
         cname = q if c == 0 else f"{q}_{c}"
         frames.append((cname, q, mod, bool(q) and is_leaf(mod), len(g.nodes)))
-        if len(frames) > 1 and frames[-2][3]:             # inside a leaf: its inner modules are part of it
+        if any(f[3] for f in frames[:-1]):                # inside a leaf: its inner modules are part of it
             frames[-1] = (cname, q, mod, False, len(g.nodes))
 
     def post(mod, args, out):
