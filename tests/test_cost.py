@@ -74,8 +74,6 @@ def test_errors():
         atrous.cost(nn.Conv1d(2, 2, 3), (1, 3, 8))
 
 
-@pytest.mark.xfail(strict=True, reason="atrous.nn.Conv*d are nn.Conv subclasses now (issue 11): cost must "
-                   "keep weight-normed nn.Conv subclasses as leaves (lead's analysis part)")
 def test_atrous_nn_and_weight_normed_convs_are_counted():
     an = pytest.importorskip("atrous.nn")
     from torch.nn.utils.parametrizations import weight_norm

@@ -419,8 +419,6 @@ def test_op_without_rule_is_a_clear_error():
     assert rf.size == (1,) and any("special_entr treated as pointwise" in n for n in rf.notes)
 
 
-@pytest.mark.xfail(strict=True, reason="atrous.nn.Conv*d are nn.Conv subclasses now (issue 11): the fx tracer "
-                   "must keep nn.Conv subclasses as leaves and read m.pads() (lead's analysis part)")
 def test_atrous_nn_convs_strided_same_and_causal_brute_force():
     an = pytest.importorskip("atrous.nn")
     net = _positive(nn.Sequential(an.Conv2d(1, 2, 3, padding="causal", stride=2),
