@@ -200,7 +200,29 @@ BAD = [
     (lambda: nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal", padding_mode="replicate")), "padding_mode"),
     (lambda: nn.Sequential(ann.Conv2d(2, 2, 3, padding="causal")), "not a 1-D convolution"),
     (lambda: nn.Sequential(nn.ReLU()), "no causal convolution"),
+    # statistics over time mix every step: the op-rule registry says so, stream refuses by name
+    (lambda: nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal"), nn.GroupNorm(1, 2)),
+     "layer '1' \\(GroupNorm\\) is not known"),
+    (lambda: nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal"), nn.Softmax(dim=2)),
+     "layer '1' \\(Softmax\\) is not known"),
 ]
+
+
+def test_pointwise_modules_come_from_the_op_registry():
+    """Any activation the analysis knows to be pointwise streams, not only a fixed list (the registry
+    is the one op table): Softshrink, Hardshrink, Threshold and eval-mode BatchNorm1d."""
+    torch.manual_seed(0)
+    net = nn.Sequential(ann.Conv1d(2, 3, 3, padding="causal", dilation=2), nn.Softshrink(0.1),
+                        nn.BatchNorm1d(3), nn.Hardshrink(0.2), ann.Conv1d(3, 2, 2, padding="causal"),
+                        nn.Threshold(0.1, -1.0)).double().eval()
+    x = torch.randn(2, 2, 30, dtype=torch.float64)
+    s = ann.stream(net)
+    state = s.init_state(2)
+    ys = []
+    for t in range(0, 30, 7):
+        y, state = s.step(x[:, :, t:t + 7], state)
+        ys.append(y)
+    assert torch.allclose(torch.cat(ys, 2), net(x), atol=1e-12)
 
 
 @pytest.mark.parametrize("make,match", BAD)

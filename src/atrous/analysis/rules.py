@@ -37,7 +37,7 @@ from . import values as V
 from .graph import FACTORIES, Node, Ref
 from .values import C, Factor, O, Unsupported, Value
 
-__all__ = ["Call", "rule", "lookup", "apply", "macs_of", "POINTWISE", "known_ops"]
+__all__ = ["Call", "rule", "lookup", "apply", "macs_of", "POINTWISE", "known_ops", "pointwise_op", "pointwise_module"]
 
 
 class Rule(NamedTuple):
@@ -71,6 +71,40 @@ def lookup(node: Node) -> Rule | None:
     table = _METH if is_method(node.target) else _FUNC
     return table.get(node.op) or (table.get(node.op.rstrip("_")) if node.op.endswith("_") and
                                   not node.op.startswith("__") else None)
+
+
+def pointwise_op(name: str, method: bool = False) -> bool:
+    """The function (or ``Tensor`` method) called ``name`` keeps every position's own field: an
+    elementwise op, an activation, dropout, a copy or cast (``operator.iadd`` is ``add``).
+
+    >>> pointwise_op("gelu"), pointwise_op("add"), pointwise_op("iadd"), pointwise_op("conv1d")
+    (True, True, True, False)
+    """
+    table = _METH if method else _FUNC
+    for n in (name, f"__{name}__", name[1:] if name[:1] == "i" else name):
+        r = table.get(n)
+        if r is not None:
+            return r.field is _pointwise
+    return False
+
+
+def pointwise_module(m, in_channels: int | None = None) -> bool:
+    """Module ``m`` keeps every position's own field on a ``(1, C, 8)`` input, checked by recording
+    it on meta tensors and applying the rules of what it calls (activations, eval-mode BatchNorm,
+    dropout ...); ``C`` from ``in_channels`` or the module's ``num_features``/``in_channels``."""
+    import torch
+    from . import graph as G
+    c = in_channels or getattr(m, "num_features", None) or getattr(m, "in_channels", None) or \
+        getattr(m, "num_parameters", None) or 1
+    try:
+        g = G.record(m, [torch.empty(1, int(c), 8, device="meta")])
+        g.sizes, g.ndim = (8,), 1
+        if g.error or not g.outputs:
+            return False
+        v = G.lower(g, [g.outputs[0]])[g.outputs[0]]
+    except (ValueError, TypeError, RuntimeError):
+        return False
+    return v.rank == 3 and fl.equal(v.full[0], fl.IDENTITY) and tuple(v.shape) == (1, v.shape[1], 8)
 
 
 def known_ops() -> dict:
@@ -230,7 +264,8 @@ POINTWISE = (
     # activations and elementwise math
     "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "elu", "selu", "celu", "leaky_relu", "hardtanh",
     "hardswish", "hardsigmoid", "softplus", "softsign", "mish", "prelu", "logsigmoid", "tanhshrink",
-    "softshrink", "hardshrink", "threshold", "rrelu", "exp", "exp2", "expm1", "log", "log1p", "log2",
+    "softshrink", "hardshrink", "threshold", "_threshold", "log_sigmoid", "rrelu", "exp", "exp2", "expm1",
+    "log", "log1p", "log2",
     "log10", "abs", "absolute", "neg", "negative", "sqrt", "rsqrt", "square", "sin", "cos", "tan", "asin",
     "acos", "atan", "arcsin", "arccos", "arctan", "sinh", "cosh", "asinh", "acosh", "atanh", "sign", "sgn",
     "signbit", "reciprocal", "erf", "erfc", "erfinv", "floor", "ceil", "round", "trunc", "fix", "frac",

@@ -32,30 +32,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import geometry
+from ..analysis import rules
 from .conv import DeviceArg, _ConvNd
 
 __all__ = ["stream", "Stepper", "StreamConv1d"]
 
-_POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink,
-    nn.Softsign, nn.LogSigmoid,
-)
+# Which ops are pointwise in time comes from the analysis's op-rule registry (atrous.analysis.rules),
+# the one op table of the package; the tables below only choose faster code for the stepper.
 _AS_FUNCTION = {nn.ReLU: torch.relu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
 _FRESH_RESULTS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul}
 _INPLACE = {torch.relu: torch.relu_, torch.tanh: torch.tanh_, torch.sigmoid: torch.sigmoid_}
 _DROPPED_MODULES = (nn.Identity, nn.Dropout, nn.AlphaDropout, nn.FeatureAlphaDropout)
-_POINTWISE_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
-    operator.imul, torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.tanh, torch.sigmoid,
-    torch.relu, torch.exp, torch.abs, torch.sin, torch.cos, torch.clamp, torch.square,
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.softplus,
-    F.hardtanh, F.hardswish, F.hardsigmoid, F.logsigmoid, F.tanh, F.sigmoid,
-}
-_POINTWISE_METHODS = {
-    "add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "abs", "clamp", "square",
-    "add_", "mul_", "relu_", "contiguous",
-}
 _CHANNEL_SPLITS = {torch.chunk, torch.split, "chunk", "split"}
 _CHANNEL_DIMS = (1, -2)
 
@@ -188,7 +175,7 @@ def _dim_of(node: fx.Node):
 def _check_pointwise(node: fx.Node, split_nodes: set) -> None:
     where = f"operation {node.format_node()!r}"
     if node.op == "call_function":
-        if node.target in _POINTWISE_FUNCTIONS:
+        if rules.pointwise_op(getattr(node.target, "__name__", ""), method=False):
             return
         if node.target is operator.getitem and node.args[0] in split_nodes and isinstance(node.args[1], int):
             return
@@ -198,7 +185,7 @@ def _check_pointwise(node: fx.Node, split_nodes: set) -> None:
                     split_nodes.add(node)
                 return
     elif node.op == "call_method":
-        if node.target in _POINTWISE_METHODS:
+        if rules.pointwise_op(node.target, method=True):
             return
         if node.target in ("chunk", "split"):
             if _dim_of(node) in _CHANNEL_DIMS:
@@ -597,7 +584,7 @@ def _build(graph: fx.Graph, model: nn.Module, inplace: bool, single_of):
                 if single and fresh and len(arg.users) == 1:
                     fn = _INPLACE[fn]                             # sole user of a new tensor: no copy
                 env[node] = g.call_function(fn, (src,))
-            elif isinstance(m, _POINTWISE_MODULES) or (isinstance(m, nn.BatchNorm1d) and m.track_running_stats):
+            elif rules.pointwise_module(m):
                 root[node.target] = m
                 env[node] = g.node_copy(node, lambda n: env[n])
             else:
