@@ -207,7 +207,8 @@ class ReceptiveField:
                 lines.append(f"  axis {ax}: {g!r} mixes positions across the axis")
         for ax, P in enumerate(self.period):
             if P > 1 and P <= 16:
-                txt = ", ".join("no input" if p is None else f"[{p[0]}, {p[1]}]" for p in self.phases[ax])
+                txt = ", ".join(f"{i}: " + ("no input" if p is None else f"[{p[0]}, {p[1]}]")
+                                for i, p in enumerate(self.phases[ax]))
                 lines.append(f"  axis {ax}: output phase + m*{P} sees (shifted by m*{self.period_shift[ax]}) {txt}")
             elif P > 16:
                 lines.append(f"  axis {ax}: the field repeats every {P} outputs (see .phases)")
