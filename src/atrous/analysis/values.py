@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import NamedTuple, Sequence
 
 from . import fields as fl
@@ -667,6 +668,27 @@ def _coarse(mine: set, theirs: set) -> int | None:
     return None
 
 
+def _regrid(mine: set, theirs: set, mixed: set):
+    """A tap map reading an operand on another grid of the same blocks: ``mine`` and ``theirs``
+    share their outer factors (same letters and sizes) with multipliers in one ratio; the operand's
+    finer factors are all mixed (its field does not depend on them) and the output's finer ones lie
+    below the shared ones. Position ``c`` of the output reads ``(c // m_out) * m_mine``."""
+    shared = [(w, s, m, m2) for (w, s, m) in mine for (w2, s2, m2) in theirs if w2 == w and s2 == s]
+    if not shared or len(shared) != len(mine):
+        return None
+    ratios = {Fraction(m2, m) for _, _, m, m2 in shared}
+    if len(ratios) != 1:
+        return None
+    m_op = min(m for _, _, m, _ in shared)
+    m_out = min(m2 for _, _, _, m2 in shared)
+    rest = theirs - {(w, s, m2) for w, s, _, m2 in shared}
+    if any(m >= m_out for _, _, m in rest) or math.prod(s for _, s, _ in rest) != m_out:
+        return None
+    if math.prod(s for s, m in mixed if m < m_op) != m_op:
+        return None                          # the operand's finer positions are not all mixed
+    return TapMap(m_out, m_op, ((0,),) * m_out)
+
+
 def _upsample(f, M: int):
     """A field on a grid ``M`` times coarser, read at the finer positions (position ``c`` reads ``c // M``)."""
     return fl.apply(f, TapMap(M, 1, ((0,),) * M))
@@ -957,13 +979,11 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
         pos = [fs for fs in cands if positional(fs)]
         if any(f.kind == "x" for fs in pos for f in fs):                  # merged positions win
             pos = [(Factor("x", size[c]),)]
-        pos.sort(key=lambda fs: -sum(f.mult for f in positional(fs)))     # the finest grid first
         for p in pos[1:]:
             a, b = positional(p), positional(pos[0])
-            scales = {(g.mult // f.mult if f.mult and g.mult % f.mult == 0 else 0)
-                      for f, g in zip(a, b)} if len(a) == len(b) and all(
-                          (f.kind, f.axis, f.size) == (g.kind, g.axis, g.size) for f, g in zip(a, b)) else {0}
-            if a != b and (len(scales) != 1 or 0 in scales):
+            scales = {Fraction(g.mult, f.mult) for f, g in zip(a, b)} if len(a) == len(b) and all(
+                (f.kind, f.axis, f.size) == (g.kind, g.axis, g.size) for f, g in zip(a, b)) else {0, 1}
+            if a != b and len(scales) != 1:
                 raise Unsupported(f"einsum {spec!r}: operands hold different positions in {c!r}")
         lab[c] = pos[0] if pos else (cands[0] if cands else (O(size[c]),))
         if not pos and cands:
@@ -1017,6 +1037,10 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
             M = _coarse(mine, theirs)
             if M:                                  # a per-block operand (keys of overlapping windows)
                 fk[k], lk[k] = _upsample(fk[k], M), _upsample(lk[k], M)
+                continue
+            t = _regrid(mine, theirs, mixed)
+            if t is not None:                      # keys on a finer grid of the same blocks (pooled queries)
+                fk[k], lk[k] = fl.apply(fk[k], t), fl.apply(lk[k], t)
                 continue
             if not mine and not v.factors(k):
                 continue
