@@ -20,7 +20,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["randomise_parameters", "prepare", "bruteforce_span", "expected_span", "assert_field_matches",
+__all__ = ["randomise_parameters", "prepare", "bruteforce_span", "expected_span", "span_problems",
+           "assert_field_matches",
            "default_positions", "output_spatial_shape", "pick_output", "SubmoduleOutput", "find_node",
            "node_output"]
 
@@ -201,7 +202,8 @@ def default_positions(out_spatial: Sequence[int]) -> list[tuple]:
 
 def expected_span(rf, index: Sequence[int], in_spatial: Sequence[int]) -> tuple:
     """``rf.span(index)`` clipped to ``[0, n - 1]`` per axis; whole-input axes give the whole axis;
-    a span entirely outside the input (or None) gives None."""
+    a span entirely outside the input (or None) on any axis gives None on every axis (the output then
+    sees no input position at all, which is what the brute force reports)."""
     whole = tuple(getattr(rf, "whole_input", ()) or (False,) * len(in_spatial))
     if all(whole):
         return tuple((0, n - 1) for n in in_spatial)
@@ -217,7 +219,47 @@ def expected_span(rf, index: Sequence[int], in_spatial: Sequence[int]) -> tuple:
             continue
         lo, hi = max(int(s[0]), 0), min(int(s[1]), n - 1)
         out.append((lo, hi) if lo <= hi else None)
+    if any(o is None for o in out):         # reads only padding on one axis: sees no input at all
+        return (None,) * len(out)
     return tuple(out)
+
+
+def span_problems(got: tuple, rf, index: Sequence[int], in_spatial: Sequence[int]) -> list[tuple]:
+    """Differences between the brute-force support ``got`` (per axis ``(lo, hi)`` or None) and the analysed
+    field at output ``index``: ``[(axis, kind, text)]`` with kind ``too_small`` (the output depends on an
+    input position outside the analysed span: the dangerous error) or ``too_large``.
+
+    A span end inside the input must be hit exactly. A span end beyond the border is clipped, and there
+    only containment is required: a dilated kernel straddling the border may have its first in-input tap
+    one gap inside (taps -1 and 1 of a dilation-2 kernel: the span clips to [0, 1], the support is {1}).
+    Whole-input axes must see the whole axis; a span entirely outside the input on some axis means the
+    output sees nothing."""
+    n_ax = len(in_spatial)
+    whole = tuple(getattr(rf, "whole_input", ()) or (False,) * n_ax)
+    sp = rf.span(tuple(index)) if not all(whole) else (None,) * n_ax
+    want_empty = any(not whole[ax] and (sp[ax] is None or sp[ax][1] < 0 or sp[ax][0] > in_spatial[ax] - 1)
+                     for ax in range(n_ax))
+    got_empty = all(g is None for g in got)
+    if want_empty or got_empty:
+        if want_empty and not got_empty:
+            return [(None, "too_small", f"analysis: sees no input; brute force {got}")]
+        if got_empty and not want_empty:
+            return [(None, "too_large", f"analysis: sees {expected_span(rf, index, in_spatial)}; brute force nothing")]
+        return []
+    out = []
+    for ax, n in enumerate(in_spatial):
+        g = got[ax]
+        if whole[ax]:
+            if g != (0, n - 1):
+                out.append((ax, "too_large", f"axis {ax}: analysis whole input, brute force {g}"))
+            continue
+        lo, hi = int(sp[ax][0]), int(sp[ax][1])
+        clo, chi = max(lo, 0), min(hi, n - 1)
+        if g[0] < clo or g[1] > chi:
+            out.append((ax, "too_small", f"axis {ax}: brute force {g} outside the analysed span ({lo}, {hi})"))
+        elif (lo >= 0 and g[0] != lo) or (hi <= n - 1 and g[1] != hi):
+            out.append((ax, "too_large", f"axis {ax}: brute force {g}, analysed span ({lo}, {hi}) is larger"))
+    return out
 
 
 def assert_field_matches(model: nn.Module, input_shape, out_indices: Sequence[Sequence[int]] | None = None, *,
@@ -225,8 +267,8 @@ def assert_field_matches(model: nn.Module, input_shape, out_indices: Sequence[Se
                          n_samples: int = 3, seed: int = 0, analyse: Callable | None = None) -> list:
     """Assert that the analysed field (``rf``, default ``atrous.receptive_field(model, input_shape)``)
     equals the brute-force support at each output position in ``out_indices`` (default: corners and
-    centre). Clips the analysed span to the input; whole-input axes compare with the whole axis.
-    Returns ``[(index, oracle, expected)]``."""
+    centre), per axis, within the input (see :func:`span_problems`; whole-input axes compare with the
+    whole axis). Returns ``[(index, oracle, analysed span clipped)]``."""
     import atrous
 
     shapes = _shapes(input_shape)
@@ -242,10 +284,9 @@ def assert_field_matches(model: nn.Module, input_shape, out_indices: Sequence[Se
                               prepared=prepared)
         if not idx and len(in_spatial):      # an output without spatial dims: the field is per input axis
             idx = (0,) * len(in_spatial)
-        want = expected_span(rf, idx, in_spatial)
-        rows.append((tuple(idx), got, want))
-        if got != want:
-            bad.append(f"output {tuple(idx)}: brute force {got}, analysis (clipped) {want}")
+        rows.append((tuple(idx), got, expected_span(rf, idx, in_spatial)))
+        for _, kind, text in span_problems(got, rf, idx, in_spatial):
+            bad.append(f"output {tuple(idx)}: {kind}: {text}")
     if bad:
         raise AssertionError(f"receptive field mismatch (size {rf.size}, jump {rf.jump}, start {rf.start}, "
                              f"whole {getattr(rf, 'whole_input', None)}):\n  " + "\n  ".join(bad))

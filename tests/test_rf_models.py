@@ -7,6 +7,7 @@ call with torch.fx-style names, ``at=`` on submodules and node names, and refusa
 too. The oracle is independent of the analysis: it never looks at the graph.
 """
 
+import functools
 import os
 import re
 import subprocess
@@ -35,8 +36,18 @@ SHAPES = lambda c: c.input_shape if isinstance(c.input_shape[0], int) else [tupl
 
 
 def _analysed(case, **kw):
+    if not kw:
+        return _analysed_cached(case.name)
     model = case.factory(device="meta") if case.meta else case.factory()
     return atrous.receptive_field(model, SHAPES(case), **kw)
+
+
+@functools.cache
+def _analysed_cached(name):
+    """One analysis per case for the whole module (results are frozen dataclasses; errors are not cached)."""
+    case = R.CASES_BY_NAME[name]
+    model = case.factory(device="meta") if case.meta else case.factory()
+    return atrous.receptive_field(model, SHAPES(case))
 
 
 def _whole(case):
@@ -350,3 +361,66 @@ def test_huge_input_costs_nothing():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "(16, 16) (2, 2)"
+
+
+# ----------------------------------------------------------------------------------------------
+# randomized local stacks (hypothesis): conv / avg pool / transposed conv / nearest upsampling / pad
+# ----------------------------------------------------------------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_layer = st.one_of(
+    st.tuples(st.just("conv"), st.integers(1, 4), st.integers(1, 2), st.integers(1, 3), st.integers(0, 3)),
+    st.tuples(st.just("avgpool"), st.integers(2, 3), st.integers(1, 2), st.just(1), st.integers(0, 1)),
+    st.tuples(st.just("tconv"), st.integers(2, 4), st.integers(1, 2), st.integers(1, 2), st.integers(0, 1)),
+    st.tuples(st.just("up"), st.just(2), st.just(1), st.just(1), st.just(0)),
+    st.tuples(st.just("pad"), st.integers(0, 3), st.integers(0, 3), st.just(1), st.just(0)),
+)
+
+
+def _stack(spec, dim):
+    Conv, Pool, TConv = (nn.Conv1d, nn.AvgPool1d, nn.ConvTranspose1d) if dim == 1 else \
+        (nn.Conv2d, nn.AvgPool2d, nn.ConvTranspose2d)
+    layers = []
+    for kind, k, s, d, p in spec:
+        if kind == "conv":
+            layers.append(Conv(3, 3, k, stride=s, dilation=d, padding=min(p, (d * (k - 1)) // 2 + 1)))
+        elif kind == "avgpool":
+            layers.append(Pool(k, stride=s, padding=min(p, k // 2)))
+        elif kind == "tconv":
+            layers.append(TConv(3, 3, k, stride=s, dilation=d, padding=min(p, d * (k - 1))))
+        elif kind == "up":
+            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        else:
+            layers.append(nn.ConstantPad1d((k, s), 0.0) if dim == 1 else nn.ConstantPad2d((k, s, s, k), 0.0))
+        layers.append(nn.Tanh())
+    return nn.Sequential(nn.Conv1d(1, 3, 1) if dim == 1 else nn.Conv2d(1, 3, 1), *layers)
+
+
+@hsettings(max_examples=10)
+@given(spec=st.lists(_layer, min_size=1, max_size=4), dim=st.sampled_from([1, 2]), data=st.data())
+def test_random_local_stacks_match_bruteforce(spec, dim, data):
+    _check_random_stack(spec, dim, data)
+
+
+@pytest.mark.slow
+@hsettings(max_examples=150)
+@given(spec=st.lists(_layer, min_size=1, max_size=6), dim=st.sampled_from([1, 2]), data=st.data())
+def test_random_local_stacks_match_bruteforce_many(spec, dim, data):
+    _check_random_stack(spec, dim, data)
+
+
+def _check_random_stack(spec, dim, data):
+    net = _stack(spec, dim)
+    shape = (1, 1) + (40,) * dim
+    try:
+        out_sp = bf.output_spatial_shape(net, shape)
+    except RuntimeError:
+        return                                      # the stack does not fit the input: nothing to check
+    if min(out_sp) < 1:
+        return
+    idx = [tuple(data.draw(st.integers(0, n - 1)) for n in out_sp) for _ in range(2)]
+    rf = atrous.receptive_field(net, shape)
+    bf.assert_field_matches(net, shape, idx, rf=rf)
