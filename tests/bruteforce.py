@@ -339,7 +339,7 @@ def find_node(gm, name: str):
 def node_output(model: nn.Module, name: str) -> nn.Module:
     """``model`` traced by torch.fx, returning the output of the node ``name`` (see :func:`find_node`)."""
     import torch.fx as fx
-    gm = fx.symbolic_trace(copy.deepcopy(model))
+    gm = fx.symbolic_trace(copy.deepcopy(model).eval())     # eval: drop-path/dropout branches traced away
     target = find_node(gm, name)
     out = next(n for n in gm.graph.nodes if n.op == "output")
     gm.graph.erase_node(out)

@@ -233,8 +233,8 @@ def test_names_count(case):
 
 def _fx_tensor_nodes(model, shape):
     from torch.fx.passes.shape_prop import ShapeProp
+    model.eval()                          # the analysis has eval semantics: trace the eval-mode graph
     gm = fx.symbolic_trace(model)
-    model.eval()
     ShapeProp(gm).propagate(*[torch.randn(s) for s in ([shape] if isinstance(shape[0], int) else shape)])
     return gm, [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")
                 and isinstance(n.meta.get("tensor_meta"), fx.passes.shape_prop.TensorMetadata)]
