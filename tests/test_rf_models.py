@@ -232,11 +232,20 @@ def test_names_count(case):
 
 
 def _fx_tensor_nodes(model, shape):
+    """The eval-mode fx graph and its tensor-valued call nodes that depend on an input."""
     from torch.fx.passes.shape_prop import ShapeProp
     model.eval()                          # the analysis has eval semantics: trace the eval-mode graph
     gm = fx.symbolic_trace(model)
     ShapeProp(gm).propagate(*[torch.randn(s) for s in ([shape] if isinstance(shape[0], int) else shape)])
-    return gm, [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")
+    is_tensor = lambda n: isinstance(n.meta.get("tensor_meta"), fx.passes.shape_prop.TensorMetadata)  # noqa: E731
+    live: set = set()                     # depends on an input through tensors (not through x.shape)
+    for n in gm.graph.nodes:
+        if n.op == "placeholder" or any(a in live and (is_tensor(a) or a.op == "call_method" and a.target == "chunk"
+                                                       or a.target in (torch.chunk, torch.unbind, torch.split)
+                                                       or a.target in ("unbind", "split"))
+                                        for a in n.all_input_nodes):
+            live.add(n)
+    return gm, [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method") and n in live
                 and isinstance(n.meta.get("tensor_meta"), fx.passes.shape_prop.TensorMetadata)]
 
 
@@ -245,12 +254,20 @@ FX_NAME_CASES = ["act_called_twice", "shared_conv_two_inputs", "resnet_basic_fea
                  "efficientnet_features", "swin_window"]
 
 
+def _base(name):
+    return re.sub(r"_\d+$", "", name)
+
+
 @pytest.mark.parametrize("name", FX_NAME_CASES)
 def test_one_entry_per_call_in_execution_order(name):
-    """Every tensor-valued call of the fx graph has exactly one entry, in execution order; a module called
-    k times gives ``target``, ``target_1`` ... (or the fx node names ``layer1_0_relu_1``)."""
+    """Every tensor-valued call of the fx graph that depends on the input has exactly one entry, in execution
+    order. A module called k times gives ``target``, ``target_1`` ... (or the fx node names ``layer1_0_relu_1``);
+    functions and methods get fx's node name, or the same base name numbered among the tensor-valued calls of
+    that name (fx also numbers calls on shapes, ``getitem`` of ``x.shape``, which an eager capture cannot see)."""
     case = R.CASES_BY_NAME[name]
     gm, nodes = _fx_tensor_nodes(case.factory(), SHAPES(case))
+    tensor_calls = [n for n in gm.graph.nodes if n.op in ("call_function", "call_method")
+                    and isinstance(n.meta.get("tensor_meta"), fx.passes.shape_prop.TensorMetadata)]
     rfs = atrous.receptive_fields(case.factory(), SHAPES(case))
     keys = list(rfs)
     positions = []
@@ -259,8 +276,14 @@ def test_one_entry_per_call_in_execution_order(name):
             k = [m for m in nodes if m.op == "call_module" and m.target == n.target].index(n)
             cands = [n.target if k == 0 else f"{n.target}_{k}", n.name]
         else:
-            cands = [n.name]
-        hit = [c for c in cands if c in rfs]
+            k = [m for m in tensor_calls if _base(m.name) == _base(n.name)].index(n)
+            cands = [n.name, _base(n.name) if k == 0 else f"{_base(n.name)}_{k}"]
+        hit = [c for c in cands if c in rfs and keys.index(c) not in positions]
+        if not hit and n.op != "call_module":
+            # eager capture also numbers ops on buffers that fx folds into constants (Swin's relative position
+            # index): accept the next unused entry of the same base name after the previous one
+            after = positions[-1] if positions else -1
+            hit = [k for i, k in enumerate(keys) if i > after and _base(k) == _base(n.name)][:1]
         assert hit, f"no entry for fx node {n.name} ({n.op} {n.target}); tried {cands}; keys {keys}"
         positions.append(keys.index(hit[0]))
     assert positions == sorted(positions), "entries are not in execution order"
