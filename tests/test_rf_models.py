@@ -370,6 +370,7 @@ def test_example_tensors_as_input():
     assert (a.size, a.jump, a.start) == (b.size, b.jump, b.start) == ((7, 7), (1, 1), (0, 0))
 
 
+@pytest.mark.slow                        # a subprocess importing torch: ~2-8 s
 def test_huge_input_costs_nothing():
     """Shapes travel on meta tensors: a 100000 x 100000 input must not be allocated (run under a 3 GiB
     address-space limit in a subprocess, so a regression fails instead of exhausting the machine)."""
