@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = ["randomise_parameters", "prepare", "bruteforce_span", "expected_span", "span_problems",
            "assert_field_matches",
@@ -164,11 +165,51 @@ def bruteforce_span(model: nn.Module, input_shape, out_index: Sequence[int], n_s
     return tuple(out)
 
 
+class _WindowSum(nn.Module):
+    """A max pooling's window as a sum (same kernel, stride, padding, dilation): its gradient reaches
+    every input of the window, where a max pooling's reaches only the argmax (yet every input of the
+    window can become the max, so the output depends on all of them)."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.nd = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(m)]
+        tup = lambda v: (v,) * self.nd if isinstance(v, int) else tuple(v)  # noqa: E731
+        self.k, self.d, self.p = tup(m.kernel_size), tup(m.dilation), tup(m.padding)
+        self.s = tup(m.stride if m.stride is not None else m.kernel_size)
+        self.ceil = m.ceil_mode
+
+    def forward(self, x):
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.nd - 1]
+        c = x.shape[1]
+        w = torch.ones((c, 1) + self.k, dtype=x.dtype, device=x.device)
+        pad = list(self.p)
+        if self.ceil:                     # ceil_mode: one more window at the end where a window starts inside
+            extra = []
+            for n, k, s, d, p in zip(x.shape[2:], self.k, self.s, self.d, self.p):
+                eff = d * (k - 1) + 1
+                out = -(-(n + 2 * p - eff) // s) + 1
+                if (out - 1) * s >= n + p:
+                    out -= 1
+                extra.append(max(0, (out - 1) * s + eff - (n + 2 * p)))
+            x = F.pad(x, [v for e in reversed(extra) for v in (0, e)])
+        return conv(x, w, None, self.s, tuple(pad), self.d, c)
+
+
 def prepare(model: nn.Module, seed: int = 0, randomise: bool = True) -> nn.Module:
-    """A float64, eval-mode deep copy of ``model`` with its norms/scales/zero params randomised."""
+    """A float64, eval-mode deep copy of ``model`` with its norms/scales/zero params randomised, its
+    max-pooling modules replaced by window sums of the same geometry (see :class:`_WindowSum`) and its
+    ReLU modules by leaky ones (the same dependence structure, a gradient that is never zero)."""
     m = copy.deepcopy(model).to(torch.float64).eval()
     if randomise:
         randomise_parameters(m, seed)
+    for parent in list(m.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d) and not child.return_indices:
+                setattr(parent, name, _WindowSum(child))
+            elif type(child) in (nn.ReLU, nn.ReLU6):
+                # a dead ReLU (e.g. every unit of a squeeze-excitation gate negative for the samples)
+                # hides a dependence from the gradient; a leaky one has the same structure
+                setattr(parent, name, nn.LeakyReLU(0.1))
     return m
 
 

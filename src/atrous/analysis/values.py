@@ -105,6 +105,8 @@ class Value:
     chan_mixed: str | None = None   # node that joined channels with different fields
     last_spatial: tuple | None = None   # (name, Value) of the last node with position-dependent fields
     llossy: str | None = None   # the same for the local field (the local paths have not mixed them)
+    pieces: tuple | None = None  # (dim, ((start, stop, Value), ...), full, local): what a positional cat
+                                 # joined, valid while the fields and that dim's label are unchanged
 
     # ----------------------------------------------------------------- construction
     @staticmethod
@@ -620,16 +622,17 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
     notes = []
     for v in dep:
         notes += [n for n in v.notes if n not in notes]
-    exprs = [v.expr for v in dep if v.expr is not None]
+    exprs = list({id(v.expr): v.expr for v in dep if v.expr is not None}.values())
     expr = exprs[0] if len(exprs) == 1 else (EUnion(tuple(exprs), node) if exprs else None)
-    c = [fl.centres([v.full[k]]) for v in dep for k in range(nd)]
-    del c
     lossy = next((v.lossy for v in dep if v.lossy), None)
     llossy = next((v.llossy for v in dep if v.llossy), None)
     chan = next((v.chan_mixed for v in dep if v.chan_mixed), None)
     last = next((v.last_spatial for v in dep if v.last_spatial is not None), None)
     out = Value(tuple(shape), tuple(tuple(d) for d in dims), tuple(full), tuple(local), base[0].whole,
                 tuple(where), expr, tuple(notes), lossy, chan, last, llossy)
+    pcs = {id(v.pieces): v.pieces for v in dep if v.pieces is not None and v.rank == len(shape)}
+    if len(pcs) == 1:
+        out = replace(out, pieces=next(iter(pcs.values())))
     return _finish(out)
 
 
@@ -799,6 +802,12 @@ def cat(vals: Sequence[Value], dim: int, shape: tuple, node: str) -> Value:
     if not dep:
         return Value.constant(shape, vals[0].whole)
     positional = any(f.kind in ("s", "x") for v in dep for f in v.dims[dim])
+    parts, start = [], 0
+    for v in vals:                                      # each input, exactly, for a later slice of it
+        n = v.shape[dim] if v.rank > dim else 0
+        if n:
+            parts.append((start, start + n, v))
+        start += n
     fixed = []
     for v in dep:
         if positional:
@@ -828,9 +837,38 @@ def cat(vals: Sequence[Value], dim: int, shape: tuple, node: str) -> Value:
     out = out.with_(dims=tuple(d))
     if positional:
         out = out.with_(lossy=out.lossy or node, llossy=out.llossy or node)
+        out = out.with_(pieces=(dim, tuple(parts), out.full, out.local, out.dims[dim], out.expr, out.where))
     elif len({(v.full, v.local) for v in dep}) > 1 or len(dep) < len(vals):
         out = out.with_(chan_mixed=out.chan_mixed or node)
     return out
+
+
+def _piece(v: Value, dim: int, start: int, stop: int, step: int) -> Value | None:
+    """The input of a positional concatenation that ``v[start:stop]`` along ``dim`` takes back,
+    exactly, if nothing changed the fields since (e.g. the patch tokens after a class token was
+    joined and only pointwise or per-token ops ran)."""
+    if v.pieces is None or step != 1:
+        return None
+    pdim, parts, full, local, label, expr, where = v.pieces
+    if pdim != dim or v.dims[dim] != label:
+        return None
+    same_full = v.full == full and v.expr is expr and v.where == where      # nothing touched the fields
+    same_local = v.local == local
+    if not (same_full or not v.lossy) or not (same_local or not v.llossy):
+        return None
+    for a, b, p in parts:
+        if (a, b) == (start, stop) and p.rank == v.rank:
+            dims = v.dims[:dim] + (p.dims[dim],) + v.dims[dim + 1:]
+            shape = v.shape[:dim] + (b - a,) + v.shape[dim + 1:]
+            if same_full:        # this part's own fields, exactly
+                f, w, e, lossy = p.full, p.where, p.expr, p.lossy
+            else:                # a global op made every element's field exact and the same
+                f, w, e, lossy = v.full, v.where, EOpaque(f"{v.lossy or 'a global op'} mixed positions"), None
+            lf, llossy = (p.local, p.llossy) if same_local else (v.local, None)
+            out = replace(p, dims=dims, shape=shape, notes=v.notes, pieces=None, full=f, where=w, expr=e,
+                          lossy=lossy, local=lf, llossy=llossy)
+            return _finish(out) if out.dependent else Value.constant(shape, v.whole)
+    return None
 
 
 def select_range(v: Value, dim: int, start: int, stop: int, step: int, node: str, keep: bool = True,
@@ -844,6 +882,9 @@ def select_range(v: Value, dim: int, start: int, stop: int, step: int, node: str
     shape = list(v.shape)
     if (start, stop, step) == (0, n, 1) and keep:
         return v
+    piece = _piece(v, dim, start, stop, step) if keep else None
+    if piece is not None:
+        return piece
     if size == 0:
         shape[dim] = 0
         return Value.constant(tuple(shape) if keep else tuple(shape[:dim] + shape[dim + 1:]), v.whole)
