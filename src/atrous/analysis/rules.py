@@ -383,26 +383,11 @@ def _reduce(c: Call):
     second = c.arg(1, "dim" if op not in ("norm",) else "p")
     if op in ("max", "min") and isinstance(second, Ref):            # torch.max(a, b): elementwise
         return _pointwise(c)
-    if op == "norm":
-        dim = c.arg(2, "dim")
-        keep = bool(c.arg(3, "keepdim", False))
-    elif op == "kthvalue":
-        dim = c.arg(2, "dim", -1)
-        keep = bool(c.arg(3, "keepdim", False))
-    else:
-        dim = c.arg(1, "dim")
-        keep = c.arg(2, "keepdim", None)
-        if op in ("std", "var", "std_mean", "var_mean") and isinstance(keep, bool) is False and keep is not None:
-            keep = c.node.kwargs.get("keepdim", False)
-        keep = bool(c.node.kwargs.get("keepdim", keep or False))
-        if isinstance(dim, bool):                         # std(x, unbiased)
-            dim = None
-    if dim is None and op in ("argmax", "argmin") and not keep:
-        dims = list(range(x.rank))
-    else:
-        dims = _dim_list(dim, x.rank)
-    out_rank = len(c.out_shape())
-    keep = keep or (out_rank == x.rank and x.rank > 0)
+    dim = c.arg(2, "dim", -1 if op == "kthvalue" else None) if op in ("norm", "kthvalue") else c.arg(1, "dim")
+    if isinstance(dim, bool):                             # std(x, unbiased)
+        dim = None
+    dims = _dim_list(dim, x.rank)
+    keep = len(c.out_shape()) == x.rank and x.rank > 0   # keepdim, read off the output
     v = V.mix(x, dims, "pool", c.name, remove=True, keepdim=keep)
     return [v] * max(1, c.nouts)
 
@@ -975,7 +960,6 @@ def _interpolate(c: Call):
     out = c.out_shape()
     sf = c.arg(2, "scale_factor", None)
     recompute = c.arg(5, "recompute_scale_factor", None)
-    nsp = x.rank - 2
     v = x
     for i, dim in enumerate(range(2, x.rank)):
         n, m = x.shape[dim], out[dim]
@@ -995,7 +979,6 @@ def _interpolate(c: Call):
             f = sf[i] if isinstance(sf, (list, tuple)) else sf
             scale = 1 / Fraction(f).limit_denominator(10 ** 6)
         v = V.taps(v, dim, _resample_map(n, m, mode, scale, align and mode != "nearest"), m, op, node=c.name)
-    del nsp
     if mode in ("linear", "bilinear", "trilinear", "bicubic"):
         v = v.add_note(f"{c.name}: {mode} resampling clamps at the border (fields of border outputs are "
                        "clipped there)")
@@ -1214,10 +1197,8 @@ def _mha(c: Call):
 
 
 def _rnn_macs(c: Call) -> int:
-    op = c.node.op
-    gates = {"gru": 3, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}.get(op, 1)
     x = c.shape(c.arg(0, "input"))
-    params = c.arg(2) if op == "lstm" else c.arg(2)
+    params = c.arg(2)
     if not isinstance(params, (list, tuple)):
         return 0
     total = 0
@@ -1226,7 +1207,6 @@ def _rnn_macs(c: Call) -> int:
         s = c.shape(p)
         if s is not None and len(s) == 2:        # weight_ih (gates*H, I) or weight_hh (gates*H, H)
             total += steps * s[0] * s[1]
-    del gates
     return total
 
 

@@ -228,12 +228,6 @@ def _finish(v: Value) -> Value:
     return replace(v, full=tuple(full), local=tuple(local))
 
 
-def all_whole(v: Value) -> bool:
-    """Every element depends on the whole input (then merged positions no longer matter)."""
-    return all(_is_whole(v, k, v.full[k]) and (v.local[k] is None or _is_whole(v, k, v.local[k]))
-               for k in range(v.ndim))
-
-
 def _is_whole(v: Value, k: int, f) -> bool:
     w = v.whole[k]
     return isinstance(f, Const) and w is not None and f.lo <= w[0] and f.hi >= w[1]
@@ -657,7 +651,6 @@ def _coarse(mine: set, theirs: set) -> int | None:
     positions below (a per-block tensor broadcast over the positions inside each block)."""
     if not mine:
         return None
-    top_m = min(m for _, _, m in theirs) if theirs else 1
     for w, s, m in mine:
         for w2, s2, m2 in theirs:
             if w2 == w and s2 == s and m2 % m == 0 and m2 > m:
@@ -667,7 +660,6 @@ def _coarse(mine: set, theirs: set) -> int | None:
                 if scaled <= theirs and all(c < M for _, _, c in rest) and \
                         math.prod(b for _, b, _ in rest) == M:
                     return M
-    del top_m
     return None
 
 
