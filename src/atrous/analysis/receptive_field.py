@@ -241,7 +241,7 @@ def _axis_result(f, whole, n, count=None, glob=False):
         spans = [None if lo is None else (lo, hi) for lo, hi in zip(f.lo, f.hi)]
         sizes = [s[1] - s[0] + 1 for s in spans if s is not None]
         s0 = spans[0]
-        return (max(sizes) if sizes else 0, _num(Fraction(f.J, f.P)),
+        return (max(sizes) if sizes else 0, _num(f.jump),
                 None if s0 is None else _num(Fraction(s0[0] + s0[1], 2)), None if s0 is None else -s0[0],
                 f.P, f.J, tuple(spans), tuple(i for i, s in enumerate(spans) if s is None),
                 bool(glob) and _covers(f, whole, count))

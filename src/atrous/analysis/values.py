@@ -610,8 +610,9 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
             fk.append(f)
             lk.append(lf)
             wk.append(v.where[k])
-        full.append(_union_or_merge(fk, node, base[0].whole[k], [v.lossy for v in dep], dep, k))
-        local.append(_union_or_merge(lk, node, base[0].whole[k], [v.llossy for v in dep], dep, k))
+        n_k = tmp.extent(k) if out_has else None
+        full.append(_union_or_merge(fk, node, base[0].whole[k], [v.lossy for v in dep], dep, k, n_k))
+        local.append(_union_or_merge(lk, node, base[0].whole[k], [v.llossy for v in dep], dep, k, n_k))
         where.append(next((w for w in wk if w), None))
     notes = []
     for v in dep:
@@ -689,11 +690,12 @@ def _upsample(f, M: int):
     return fl.apply(f, TapMap(M, 1, ((0,),) * M))
 
 
-def _union_or_merge(fs: list, node: str, whole, lossy: list, vals: list, k: int):
-    """The union of one axis's fields; when an operand is already an upper bound (``lossy``) and
-    the exact union is not representable, the union of their hulls (still an upper bound)."""
+def _union_or_merge(fs: list, node: str, whole, lossy: list, vals: list, k: int, n: int | None = None):
+    """The union of one axis's fields (``n`` positions); when an operand is already an upper bound
+    (``lossy``) and the exact union is not representable, the union of their hulls (still an upper
+    bound)."""
     try:
-        return fl.union(fs, node, whole)
+        return fl.union(fs, node, whole, n)
     except FieldError as e:
         if not any(lossy):
             raise Unsupported(str(e)) from None
@@ -1094,8 +1096,10 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
     w0 = ops[0][0].whole
     opv = [op[0] for op in ops]
     for k in range(nd):
-        full.append(_union_or_merge([f[k] for f in fulls], node, w0[k], [v.lossy for v in opv], opv, k))
-        local.append(_union_or_merge([f[k] for f in locs], node, w0[k], [v.llossy for v in opv], opv, k))
+        sizes_k = [f.size for c in out if c not in dup for f in lab[c] if f.kind == "s" and f.axis == k]
+        n_k = math.prod(sizes_k) if sizes_k else None
+        full.append(_union_or_merge([f[k] for f in fulls], node, w0[k], [v.lossy for v in opv], opv, k, n_k))
+        local.append(_union_or_merge([f[k] for f in locs], node, w0[k], [v.llossy for v in opv], opv, k, n_k))
         where.append(next((w[k] for w in wheres if w[k]), None))
     dims = tuple(((O(size[c]),) if c in dup else tuple(lab[c])) for c in out)
     expr = exprs[0] if len(exprs) == 1 else (EUnion(tuple(exprs), node) if exprs else None)
