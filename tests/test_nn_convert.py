@@ -285,6 +285,7 @@ def test_functional_pool_before_the_converted_stage_is_counted():
     (lambda x: F.interpolate(x, scale_factor=0.5), "F.interpolate"),
     (lambda x: x * x.mean((2, 3), keepdim=True), "Tensor.mean"),          # squeeze-excitation style
     (lambda x: F.conv2d(x, torch.ones(4, 1, 3, 3, dtype=x.dtype), padding=1, groups=4), "torch.conv2d"),
+    (lambda x: x[:, :, 1:, 1:], "Tensor.__getitem__"),                     # a shift by one position
 ])
 def test_functional_calls_in_the_converted_stage_are_refused_by_name(fn, name):
     class Net(nn.Module):
@@ -298,6 +299,17 @@ def test_functional_calls_in_the_converted_stage_are_refused_by_name(fn, name):
 
     with pytest.raises(ValueError, match=f"functional call {name} in the model's forward .Net. at input stride 16"):
         ann.convert_to_dilated(Net(), output_stride=8, input_size=64)
+
+
+def test_shift_before_the_converted_stage_converts_exactly():
+    """``x[:, :, 1:, 1:]`` at stride 2 shifts the grid, it does not change it: output stride 16, and
+    converting to 8 is exact (the shift stays before the stage the conversion changes)."""
+    torch.manual_seed(13)
+    model = FunctionalPool(lambda x: x[:, :, 1:, 1:]).double()
+    assert ann.output_stride_of(model, 64) == (16, 16)
+    conv = ann.convert_to_dilated(model, output_stride=8, input_size=64)
+    x = torch.randn(1, 3, 64, 61, dtype=torch.float64)
+    torch.testing.assert_close(conv(x)[..., ::2, ::2], model(x), rtol=1e-10, atol=1e-10)
 
 
 def test_output_stride_of_reads_the_layers_not_the_sizes():
@@ -365,8 +377,6 @@ BAD = [
     (lambda: ann.convert_to_dilated(FunctionalPool(lambda x: F.interpolate(x, size=(5, 7))), 8),
      ValueError, "output stride is not defined: F.interpolate in the model's forward .FunctionalPool. changes "
      "the grid to stride 256/5x256/7"),
-    (lambda: ann.convert_to_dilated(FunctionalPool(lambda x: x[:, :, 1:, 1:]), 8),
-     ValueError, "Tensor.__getitem__ in the model's forward .FunctionalPool. changes the grid by an unknown factor"),
     (lambda: ann.convert_to_dilated(resnet18(), 8, input_size=0), ValueError, "input_size must be"),
     (lambda: ann.convert_to_dilated(nn.Sequential(*[nn.Conv2d(3, 3, 3, stride=2) for _ in range(4)]), 8,
                                     input_size=8), ValueError,
