@@ -348,7 +348,10 @@ def test_layers_that_move_positions_in_the_converted_stage_are_refused_by_name(m
     lambda x: x * torch.sigmoid(x.mean(1, keepdim=True)),                                      # over channels
     lambda x: torch.cat([x[:, :2], x[:, 2:].flatten(2).view_as(x[:, 2:])], 1) + 0.5,          # relabels
     lambda x: x + torch.linspace(0, 1, 4, dtype=x.dtype).view(1, 4, 1, 1),                    # per-channel bias
-])
+    lambda x: torch.zeros_like(x) + x * torch.ones(x.shape, dtype=x.dtype) * torch.full_like(x, 2.0),  # uniform
+    lambda x: x.new_zeros(x.shape).add_(1) * x,
+    lambda x, m=torch.linspace(0, 1, 4, dtype=torch.float64).view(1, 4, 1, 1): x - m,   # a plain CPU tensor:
+])                                                                       # fails on meta, recorded on zeros
 def test_calls_that_keep_positions_convert_exactly(fn):
     """Calls whose output field equals their input's (pointwise, relabels, mixing channels only)
     commute with the finer grid: converted, and the subsampled output equals the original."""
@@ -361,7 +364,7 @@ def test_calls_that_keep_positions_convert_exactly(fn):
 
 @pytest.mark.parametrize("fn,shape", [
     (lambda x: x + torch.linspace(0, 1, x.shape[-1], dtype=x.dtype), r"\(4,\)"),        # built from the size
-    (lambda x: x + torch.ones(1, 4, 4, 4, dtype=x.dtype), r"\(1, 4, 4, 4\)"),          # a positional embedding
+    (lambda x, pe=torch.randn(1, 4, 4, 4): x + pe, r"\(1, 4, 4, 4\)"),                  # a positional embedding
     (lambda x: torch.cat([x[:, :3], torch.linspace(0, 1, x.shape[-1], dtype=x.dtype).expand(
         x.shape[0], 1, x.shape[2], -1)], 1), r"\(1, 1, 4, 4\)"),                          # CoordConv
 ])

@@ -83,14 +83,17 @@ class _Trace:
         h, w = _check_input_size(input_size)
         shape = (1, first.in_channels, h, w)
         self.model = model
-        self.g = g = record_graph(model, shape)       # every submodule keeps its own train/eval flag
+        g = record_graph(model, shape)                # every submodule keeps its own train/eval flag
+        if g.error:   # the shape-only run failed (a plain tensor attribute on the CPU, a value read): on zeros
+            xs, sizes = G.torch_inputs(model, shape, meta=False)
+            g = G.record(model, xs, meta=False)
+            g.sizes, g.ndim = tuple(sizes), len(sizes)
+        self.g = g
         if g.error:
             kind, _, msg = g.error.partition(": ")
             etype, _, where = kind.partition(" ")
-            hint = ("it reads tensor values, which the shape-only (meta) run cannot do" if "reads tensor values"
-                    in msg else "pass a larger input_size")
             raise ValueError(f"{who}: the model failed on a zero input of shape {shape} ({etype}: {msg[:200]})"
-                             f"{' ' + where if where else ''}; {hint}")
+                             f"{' ' + where if where else ''}; pass a larger input_size")
         self.mods = mods = dict(model.named_modules())
         self.names = {id(m): n for n, m in mods.items()}
         members: Dict[str, List[int]] = {}                 # module call -> the nodes inside it
@@ -171,7 +174,18 @@ class _Trace:
             return True
         lossy = any(self.values[t].lossy for t in ins)
         return any((self.values[t].lossy and not lossy) or not all(
-            fl.equal(self.fields(t)[j][axis], want[j]) for j in (0, 1)) for t in outs)
+            fl.equal(self.fields(t)[j][axis], want[j]) for j in (0, 1))
+            for t in outs if self.values[t].dependent)       # zeros_like(x) carries no position of x
+
+    def uniform(self, t: int) -> bool:
+        """Tensor ``t`` (which does not depend on the input) holds one value at every position: made
+        by ``zeros``/``ones``/``full`` and the like, or pointwise ops of such tensors."""
+        p = self.g.tensors[t].node
+        if p < 0:                                          # a parameter or buffer
+            return False
+        n = self.g.nodes[p]
+        return n.op in _UNIFORM or (rules.pointwise_op(n.op, G.is_method(n.target)) and
+                                    all(self.uniform(r.index) for r in n.in_refs))
 
     def jump(self, ts: List[int]) -> List[Optional[Frac]]:
         """Per axis, the largest known jump of tensors ``ts``."""
@@ -282,7 +296,8 @@ def _refuse_moves(tr: _Trace, os_: int) -> None:
         for r in n.in_refs:
             shape = tr.g.tensors[r.index].shape
             lead = len(v.shape) - len(shape)                  # broadcasting aligns the last dims
-            if r.index not in ins and any(shape[d - lead] != 1 for d in pos if d >= lead):
+            if r.index not in ins and any(shape[d - lead] != 1 for d in pos if d >= lead) and \
+                    not tr.uniform(r.index):
                 raise ValueError(f"{what} joins a tensor of shape {tuple(shape)} that does not depend on the input "
                                  "but is laid out on its positions (a positional embedding, or a tensor built from "
                                  "the input's size), which the conversion would have to change; output_stride "
@@ -291,6 +306,8 @@ def _refuse_moves(tr: _Trace, os_: int) -> None:
 
 
 _JOINS = ("cat", "concat", "concatenate", "stack")
+_UNIFORM = ("zeros", "ones", "full", "empty", "zeros_like", "ones_like", "full_like", "empty_like", "new_zeros",
+            "new_ones", "new_full", "new_empty", "zero_", "fill_")
 
 
 def _plan(tr: _Trace, os_: int) -> List[Tuple[str, nn.Module, Tuple[int, int], Tuple[int, int], Tuple[int, int]]]:
