@@ -367,6 +367,7 @@ def test_calls_that_keep_positions_convert_exactly(fn):
     (lambda x, pe=torch.randn(1, 4, 4, 4): x + pe, r"\(1, 4, 4, 4\)"),                  # a positional embedding
     (lambda x: torch.cat([x[:, :3], torch.linspace(0, 1, x.shape[-1], dtype=x.dtype).expand(
         x.shape[0], 1, x.shape[2], -1)], 1), r"\(1, 1, 4, 4\)"),                          # CoordConv
+    (lambda x: torch.stack([x, torch.linspace(0, 1, 4, dtype=x.dtype).expand_as(x)], 2).sum(2), r"\(1, 4, 4, 4\)"),
 ])
 def test_constants_laid_out_on_positions_are_refused(fn, shape):
     with pytest.raises(ValueError, match=f"at input stride 16 joins a tensor of shape {shape} that does not depend "

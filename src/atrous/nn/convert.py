@@ -291,11 +291,13 @@ def _refuse_moves(tr: _Trace, os_: int) -> None:
         dense = [k for k, r in enumerate(r_out) if r is not None and r > os_]
         if not dense or not (rules.pointwise_op(n.op, G.is_method(n.target)) or n.op in _JOINS):
             continue
-        v = tr.values[outs[0]]
-        pos = {d for k in dense for d, _, f in v.factors(k) if f.size != 1}    # dims holding those positions
+        # the dims holding the finer positions: of an input for a join (same layout), else of the output
+        # (broadcasting aligns the last dims)
+        v = tr.values[ins[0] if n.op in _JOINS else outs[0]]
+        pos = {d for k in dense for d, _, f in v.factors(k) if f.size != 1}
         for r in n.in_refs:
             shape = tr.g.tensors[r.index].shape
-            lead = len(v.shape) - len(shape)                  # broadcasting aligns the last dims
+            lead = len(v.shape) - len(shape)
             if r.index not in ins and any(shape[d - lead] != 1 for d in pos if d >= lead) and \
                     not tr.uniform(r.index):
                 raise ValueError(f"{what} joins a tensor of shape {tuple(shape)} that does not depend on the input "
