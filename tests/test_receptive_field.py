@@ -275,17 +275,21 @@ def test_tcn_residual_causal_misalignment_reported(block):
     check_interior(net, (1, 1, 40), rf)
 
 
-def test_branches_with_different_jumps_are_an_error():
-    class Bad(nn.Module):
+def test_branches_on_different_grids_are_given_position_by_position():
+    class TwoGrids(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv1d(1, 1, 2, stride=2)
 
         def forward(self, x):
-            return self.conv(x) + x[:, :, :8]
+            return self.conv(x) + x[:, :, :8]        # output i reads 2i, 2i+1 and i: no single jump
 
-    with pytest.raises(ValueError, match="different jumps"):
-        atrous.receptive_field(Bad(), (1, 1, 16))
+    net = _positive(TwoGrids())
+    rf = atrous.receptive_field(net, (1, 1, 16))
+    assert rf.period == (8,) and any("different grids" in n for n in rf.notes)
+    for i in range(8):
+        assert rf.span((i,)) == ((i, 2 * i + 1),)
+        assert bbox(grad_support(net, (1, 1, 16), (i,)))[0] == (i, 2 * i + 1)
 
 
 def test_3d_anisotropic_brute_force():

@@ -580,6 +580,7 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
     tmp = Value(tuple(shape), tuple(tuple(d) for d in dims), base[0].full, base[0].local, base[0].whole)
     nd = base[0].ndim
     full, local, where = [], [], []
+    grid_notes: list = []
     for k in range(nd):
         out_has = bool(tmp.factors(k))
         fk, lk, wk = [], [], []
@@ -614,7 +615,11 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
         full.append(_union_or_merge(fk, node, base[0].whole[k], [v.lossy for v in dep], dep, k, n_k))
         local.append(_union_or_merge(lk, node, base[0].whole[k], [v.llossy for v in dep], dep, k, n_k))
         where.append(next((w for w in wk if w), None))
-    notes = []
+        if _became_positionwise(full[-1], fk):
+            grid_notes.append(f"{node}: branches on different grids meet on spatial axis {k} (jumps "
+                              f"{', '.join(str(f.jump) for f in fk if isinstance(f, Periodic))}); the field is given "
+                              "position by position there, without the extension into padding")
+    notes = list(grid_notes)
     for v in dep:
         notes += [n for n in v.notes if n not in notes]
     exprs = list({id(v.expr): v.expr for v in dep if v.expr is not None}.values())
@@ -688,6 +693,10 @@ def _regrid(mine: set, theirs: set, mixed: set):
 def _upsample(f, M: int):
     """A field on a grid ``M`` times coarser, read at the finer positions (position ``c`` reads ``c // M``)."""
     return fl.apply(f, TapMap(M, 1, ((0,),) * M))
+
+
+def _became_positionwise(f, fs) -> bool:
+    return isinstance(f, Periodic) and f.n is not None and not any(isinstance(g, Periodic) and g.n for g in fs)
 
 
 def _union_or_merge(fs: list, node: str, whole, lossy: list, vals: list, k: int, n: int | None = None):
