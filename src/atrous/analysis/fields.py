@@ -31,7 +31,7 @@ from typing import Sequence
 
 from .. import geometry as geo
 
-__all__ = ["TapMap", "Periodic", "Const", "IDENTITY", "apply", "union", "hull", "equal", "conv_map",
+__all__ = ["TapMap", "Periodic", "Const", "IDENTITY", "apply", "union", "hull", "equal", "positionwise", "conv_map",
            "transpose_map", "mix_factor_map", "drop_factor_map", "index_to_coord", "FieldError"]
 
 
@@ -127,7 +127,7 @@ def apply(f, t: TapMap | None):
             m, phi = divmod(o, t.a)
             got = [s for s in (f.at(q + m * t.b) for q in t.taps[phi]) if s is not None]
             spans.append((min(s[0] for s in got), max(s[1] for s in got)) if got else None)
-        return _positionwise(spans)
+        return positionwise(spans)
     n = f.P // math.gcd(f.P, t.b)          # outputs advance a*n -> inputs advance n*b, a multiple of P
     P2, J2 = t.a * n, f.J * (n * t.b // f.P)
     lo, hi = [], []
@@ -139,7 +139,7 @@ def apply(f, t: TapMap | None):
     return _reduce(Periodic(P2, J2, tuple(lo), tuple(hi)))
 
 
-def _positionwise(spans: list):
+def positionwise(spans: list):
     """A field given position by position (``Periodic`` with ``n``) from its spans."""
     if not spans:
         return None
@@ -190,7 +190,7 @@ def union(fs: Sequence, where: str = "", whole: tuple | None = None, n: int | No
         for q in range(n):
             got = [s for s in (f.at(q) for f in per) if s is not None]
             spans.append((min(s[0] for s in got), max(s[1] for s in got)) if got else None)
-        return _positionwise(spans)
+        return positionwise(spans)
     if len(jumps) > 1:
         shown = ", ".join(str(j) for j in sorted(jumps))
         raise FieldError(f"branches meeting at {where!r} have different jumps ({shown}): their outputs "

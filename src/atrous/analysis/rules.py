@@ -692,14 +692,30 @@ def _shuffle(c: Call):
     return V.reshape(v, lead + [ch * r * r, h // r, w // r])
 
 
-@rule("flip", "fliplr", "flipud", "rot90")
+@rule("flip", "fliplr", "flipud")
 def _flip(c: Call):
     x = c.val(0)
-    dims = _dim_list(c.arg(1, "dims"), x.rank) if c.node.op in ("flip", "rot90") else (
+    dims = _dim_list(c.arg(1, "dims"), x.rank) if c.node.op == "flip" else (
         [x.rank - 1] if c.node.op == "fliplr" else [0])
-    if any(f.kind in ("s", "x") and f.size != 1 for d in dims for f in x.dims[d]):
-        raise Unsupported(f"{c.node.op} reverses positions (not a periodic field)")
-    return x
+    v = x
+    for d in dims:
+        v = V.reverse(v, d, c.name)
+    return v
+
+
+@rule("diff")
+def _diff(c: Call):
+    x = c.val(0)
+    n, dim = c.arg(1, "n", 1), c.arg(2, "dim", -1) % x.rank
+    if any(c.arg(i, k) is not None for i, k in ((3, "prepend"), (4, "append"))) and any(
+            f.kind in ("s", "x") and f.size != 1 for f in x.dims[dim]):
+        raise Unsupported("diff with prepend/append along positions")
+    v = x
+    for _ in range(n):                          # output i = x[i + 1] - x[i]
+        v = V.taps(v, dim, fl.TapMap(1, 1, ((0, 1),)), v.shape[dim] - 1 if v.shape[dim] else 0, "diff",
+                   node=c.name) if any(f.kind == "s" for f in v.dims[dim]) else v
+    return V.union([v] + [u for u in c.tensor_values()[1:] if u.dependent], c.out_shape(), c.name) \
+        if tuple(v.shape) != c.out_shape() or len(c.tensor_values()) > 1 else v
 
 
 @rule("roll")

@@ -775,6 +775,23 @@ def position_fields(v: Value) -> tuple:
     return tuple(full), tuple(local), tuple(count)
 
 
+def reverse(v: Value, dim: int, node: str = "") -> Value:
+    """``flip`` along ``dim``: position ``i`` reads ``n - 1 - i``, exactly, position by position."""
+    fs = [f for f in v.dims[dim] if f.size != 1]
+    if not any(f.kind in ("s", "x") for f in fs):
+        return v
+    if len(fs) != 1 or fs[0].kind != "s" or len(v.factors(fs[0].axis)) != 1:
+        return merge_positions(v, [dim], node or "flip")
+    k, n = fs[0].axis, fs[0].size
+    full, local = list(v.full), list(v.local)
+    for arr in (full, local):
+        f = arr[k]
+        if isinstance(f, Periodic):
+            arr[k] = fl.positionwise([f.at(n - 1 - q) for q in range(n)])
+    return replace(v, full=tuple(full), local=tuple(local),
+                   expr=EOpaque(f"{node or 'flip'} reverses positions") if v.expr is not None else None)
+
+
 def cyclic_shift(v: Value, dim: int, s: int, node: str = "") -> Value:
     """``torch.roll`` by ``s`` along ``dim``: position ``i`` reads ``(i - s) mod n``, exactly (the
     field gets the period of the rolled positions: outputs near the border read the other side)."""
