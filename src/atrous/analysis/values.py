@@ -20,7 +20,7 @@ Pure Python; the torch side lives in :mod:`atrous.analysis.graph` and :mod:`atro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple, Sequence
 
@@ -138,8 +138,15 @@ class Value:
 
     def factors(self, axis: int) -> list:
         """``(dim, position, Factor)`` for every factor of spatial ``axis``."""
-        return [(d, i, f) for d, fs in enumerate(self.dims) for i, f in enumerate(fs)
-                if f.kind == "s" and f.axis == axis]
+        cache = self.__dict__.get("_factors")
+        if cache is None:
+            cache = {}
+            for d, fs in enumerate(self.dims):
+                for i, f in enumerate(fs):
+                    if f.kind == "s":
+                        cache.setdefault(f.axis, []).append((d, i, f))
+            self.__dict__["_factors"] = cache
+        return list(cache.get(axis, ()))
 
     def extent(self, axis: int) -> int | None:
         fs = self.factors(axis)
@@ -154,6 +161,17 @@ class Value:
 
     def add_note(self, note: str) -> Value:
         return self if not note or note in self.notes else replace(self, notes=self.notes + (note,))
+
+
+def replace(v: Value, **kw) -> Value:
+    """``dataclasses.replace`` for :class:`Value`, without re-running ``__init__`` (the analysis makes
+    thousands of these per model)."""
+    new = object.__new__(Value)
+    d = new.__dict__
+    d.update(v.__dict__)
+    d.pop("_factors", None)
+    d.update(kw)
+    return new
 
 
 # ------------------------------------------------------------------------------------ helpers
