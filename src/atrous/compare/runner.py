@@ -543,6 +543,58 @@ def _dist():
     return dist.get_rank(), dist.get_world_size(), dist, owned
 
 
+def _work_store(rank: int, world: int, dist):
+    """A ``torch.distributed.TCPStore`` shared by the ranks (rank 0 hosts it on a free port and
+    broadcasts the port): an atomic counter hands out the runs, and the other ranks leave their
+    records in it for rank 0."""
+    import datetime
+    host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    timeout = datetime.timedelta(days=7)           # a run may take long; a dead rank ends torchrun anyway
+    store, port = None, [None]
+    if rank == 0:
+        store = dist.TCPStore(host, 0, world, True, timeout=timeout, wait_for_workers=False)
+        port = [store.port]
+    dist.broadcast_object_list(port, src=0)
+    if rank != 0:
+        store = dist.TCPStore(host, port[0], world, False, timeout=timeout)
+    return store
+
+
+def _run_shared(pending, ds, runner, rank, world, dist, path, prog):
+    """Under torchrun: each rank claims the next pending run from a shared counter as soon as it is
+    free (runs of very different cost do not wait for each other); rank 0 appends every record to
+    ``path`` as it arrives (its own at once, the others' after each of its runs and at the end)."""
+    store = _work_store(rank, world, dist)
+    written = set()                      # rank 0: indices whose record is in results.jsonl
+
+    def write(i, rec):
+        append_records(path, [rec])
+        prog.finished([rec])
+        written.add(i)
+
+    def collect(upto, block):
+        for j in range(upto):
+            if j not in written and (block or store.check([f"rec/{j}"])):
+                write(j, json.loads(store.get(f"rec/{j}")))
+
+    while True:
+        i = store.add("next", 1) - 1
+        if i >= len(pending):
+            break
+        cfg = pending[i]
+        prog.start(cfg)
+        rec = runner(cfg, ds, bar=prog.epochs)
+        rec["rank"] = rank
+        if rank == 0:
+            write(i, rec)
+            collect(min(store.add("next", 0), len(pending)), block=False)
+        else:
+            store.set(f"rec/{i}", json.dumps(rec, sort_keys=True))
+    dist.barrier()                       # every run is finished and its record stored
+    if rank == 0:
+        collect(len(pending), block=True)
+
+
 def run_study(study: Study, out: str, *, force: bool = False, quiet: bool = False,
               ds: Dataset | None = None, runner=None, stream=None) -> list[dict]:
     """Run the pending runs of ``study`` into ``out/results.jsonl``; return the study's records
@@ -580,6 +632,8 @@ def _run_study(study, out, force, quiet, ds, runner, stream, rank, world, dist):
             check_plans(configs, ds)      # every network must be buildable before any training starts
             done = {r["key"] for r in read_records(path)} if not force else set()
             pending = [c for c in configs if run_key(c) not in done]
+            # longest first (a finer output stride costs more), so no long run is left for the end
+            pending.sort(key=lambda c: c.get("output_stride") or 0)
         except (ValueError, RuntimeError) as e:
             error = str(e)
     if dist is not None:
@@ -594,22 +648,15 @@ def _run_study(study, out, force, quiet, ds, runner, stream, rank, world, dist):
         print(f"nothing to run: all {len(configs)} runs are in {path} (--force re-runs them)",
               file=prog.stream)
     try:
-        for r0 in range(0, len(pending), world):
-            mine = pending[r0 + rank] if r0 + rank < len(pending) else None
-            rec = None
-            if mine is not None:
-                prog.start(mine)
-                rec = runner(mine, ds, bar=prog.epochs)
-                rec["rank"] = rank
-            if dist is not None:
-                got = [None] * world
-                dist.all_gather_object(got, rec)
-                recs = [g for g in got if g is not None]
-            else:
-                recs = [rec]
-            if rank == 0:
-                append_records(path, recs)
-            prog.finished(recs)
+        if dist is None:
+            for cfg in pending:
+                prog.start(cfg)
+                rec = runner(cfg, ds, bar=prog.epochs)
+                rec["rank"] = 0
+                append_records(path, [rec])
+                prog.finished([rec])
+        else:
+            _run_shared(pending, ds, runner, rank, world, dist, path, prog)
     finally:
         prog.close()
     if dist is not None:

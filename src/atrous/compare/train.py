@@ -32,10 +32,44 @@ import numpy as np
 from .._optional import require
 
 __all__ = ["train_run", "evaluate", "scores", "miou", "confusion", "boundary_band", "chance_score",
-           "BAND_WIDTHS", "MIN_DELTA"]
+           "PlateauRule", "BAND_WIDTHS", "MIN_DELTA"]
 
 BAND_WIDTHS = (1, 2, 4)     # trimap half-widths (pixels) scored on dense tasks
 MIN_DELTA = 1e-3            # a validation gain smaller than this is no improvement (plateau rule)
+
+
+class PlateauRule:
+    """The plateau rule, fed one validation score per epoch.
+
+    ``update(score)`` returns ``(improved, drop_lr, stop)``: *improved* when the score beats the best
+    so far by more than ``min_delta``; *drop_lr* after ``ceil(patience/2)`` epochs without
+    improvement (counted again from each drop); *stop* after ``patience`` epochs without improvement.
+
+    >>> rule = PlateauRule(patience=2)
+    >>> [rule.update(v) for v in (0.5, 0.6, 0.6, 0.6)]
+    [(True, False, False), (True, False, False), (False, True, False), (False, True, True)]
+    >>> rule.best, rule.best_epoch
+    (0.6, 2)
+    """
+
+    def __init__(self, patience: int, min_delta: float = MIN_DELTA):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+        self.patience, self.min_delta = patience, min_delta
+        self.drop_after = math.ceil(patience / 2)
+        self.best, self.best_epoch, self.epoch, self.since, self.since_drop = -math.inf, 0, 0, 0, 0
+
+    def update(self, score: float) -> tuple[bool, bool, bool]:
+        self.epoch += 1
+        if score > self.best + self.min_delta:
+            self.best, self.best_epoch, self.since, self.since_drop = score, self.epoch, 0, 0
+            return True, False, False
+        self.since += 1
+        self.since_drop += 1
+        drop = self.since_drop >= self.drop_after
+        if drop:
+            self.since_drop = 0
+        return False, drop, self.since >= self.patience
 
 
 def confusion(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
@@ -164,13 +198,11 @@ def train_run(model, ds, *, epochs: int, seed: int, batch_size: int = 128, lr: f
     steps_per_epoch = -(-n_fit // batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     if plateau_rule:
-        sched = None
-        drop_after = math.ceil(patience / 2)
+        sched, rule = None, PlateauRule(patience)
     else:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     curve, val_curve, losses, times = [], [], [], []
-    best, best_epoch, best_state, since, since_drop = -math.inf, 0, None, 0, 0
-    stopped = False
+    best_state, stopped = None, False
     for epoch in range(1, epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -184,7 +216,8 @@ def train_run(model, ds, *, epochs: int, seed: int, batch_size: int = 128, lr: f
                         "error": f"training loss became {v} at epoch {epoch}, step {step} of "
                                  f"{steps_per_epoch}; the run was stopped (lower --lr?)",
                         "curve": curve, "val_curve": val_curve, "loss": losses,
-                        "epochs_run": epoch - 1, "best_epoch": best_epoch or None, "plateau": False,
+                        "epochs_run": epoch - 1, "best_epoch": rule.best_epoch if plateau_rule else None,
+                        "plateau": False,
                         "band_acc": {}, "epoch_time": float(np.mean(times)) if times else None,
                         "throughput": None}
             opt.zero_grad(set_to_none=True)
@@ -198,29 +231,25 @@ def train_run(model, ds, *, epochs: int, seed: int, batch_size: int = 128, lr: f
         curve.append(evaluate(model, ds.x_test, ds.y_test, ds.num_classes, ds.dense))
         if plateau_rule:
             val_curve.append(evaluate(model, x_val, y_val, ds.num_classes, ds.dense))
-            if val_curve[-1] > best + MIN_DELTA:
-                best, best_epoch, since, since_drop = val_curve[-1], epoch, 0, 0
+            improved, drop, stopped = rule.update(val_curve[-1])
+            if improved:
                 best_state = copy.deepcopy(model.state_dict())
-            else:
-                since += 1
-                since_drop += 1
-                if since_drop >= drop_after:
-                    for group in opt.param_groups:
-                        group["lr"] /= 5
-                    since_drop = 0
+            if drop:
+                for group in opt.param_groups:
+                    group["lr"] /= 5
         if bar is not None:
             post = {"loss": f"{losses[-1]:.3f}", "test": f"{curve[-1]:.3f}"}
             if plateau_rule:
                 post["val"] = f"{val_curve[-1]:.3f}"
             bar.set_postfix(**post)
             bar.update(1)
-        if plateau_rule and since >= patience:
-            stopped = True
+        if stopped:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     final = scores(model, ds.x_test, ds.y_test, ds.num_classes, ds.dense, band_widths=band_widths)
     return {"status": "ok", "metric": final["metric"], "curve": curve, "val_curve": val_curve,
-            "loss": losses, "epochs_run": len(curve), "best_epoch": best_epoch or len(curve),
+            "loss": losses, "epochs_run": len(curve),
+            "best_epoch": rule.best_epoch if plateau_rule else len(curve),
             "plateau": stopped, "band_acc": final["band_acc"],
             "epoch_time": float(np.mean(times)), "throughput": throughput(model, ds.x_test)}
