@@ -244,7 +244,6 @@ def test_unwritable_out_fails_before_any_work(tmp_path, capsys, monkeypatch):
 
 def test_nan_or_bad_labels_in_data_are_refused_naming_the_file(tmp_path, capsys, monkeypatch):
     import struct
-    import numpy as np
     import atrous.compare.data as D
     monkeypatch.setattr(D, "FASHION_DEBIAN_DIR", str(tmp_path / "none"))
     rng = np.random.default_rng(0)
@@ -272,7 +271,6 @@ def test_nan_or_bad_labels_in_data_are_refused_naming_the_file(tmp_path, capsys,
 
 
 def _tiny_ds(scale=1.0):
-    import numpy as np
     from atrous.compare.data import Dataset
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((64, 1, 40)) * scale).astype(np.float32)
