@@ -17,12 +17,22 @@ def _plt():
 
 # --- analysis figures (coverage / path counts / field growth) ---
 
+_AXIS_COLORS = ("#1f77b4", "#d95f02", "#7570b3")      # axis 0, 1, 2 in every panel of `atrous show`
+
+
+def _short(name: str, n: int = 22) -> str:
+    """``name`` cut in the middle to at most ``n`` characters (``layer4.1.c…v2``)."""
+    return name if len(name) <= n else name[: n // 2 - 1] + "…" + name[-(n - n // 2):]
+
+
 def analysis_field(data, path):
     """Path-count map of the output's receptive field (holes in red) and the field size per layer.
 
     ``data`` is what ``atrous show`` saves (:func:`atrous.analysis.commands.show_data`): ``coverage``
-    (``Coverage.to_dict()``), optional ``path_counts_2d`` and ``layers`` (name, size, covered). The
-    figure is written atomically.
+    (``Coverage.to_dict()``), optional ``path_counts_2d`` and ``layers`` (name, size, covered).
+    Offsets are measured from the output's centre (the centre of its field), as in ``atrous
+    compare``'s ``fields.png``. Each axis has its own panel and colour; deep models get thinned,
+    shortened layer labels. The figure is written atomically.
 
     >>> import tempfile, os, atrous
     >>> from atrous.analysis.commands import show_data, parse_layers
@@ -33,45 +43,72 @@ def analysis_field(data, path):
     import numpy as np
     plt = _plt()
     cov = data["coverage"]
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.3, 1]})
+    layers = data["layers"]
+    n_layers = len(layers)
+    right_w = min(max(5.0, 0.22 * n_layers), 14.0)
+    fig = plt.figure(figsize=(6.5 + right_w, 4.6))
+    outer = fig.add_gridspec(1, 2, width_ratios=[6.0, right_w], wspace=0.25)
+    title = (f"{cov['name'] or 'output'}: extent {cov['extent']}, covered {cov['covered']}, "
+             f"cv {', '.join(f'{c:.2f}' for c in cov['cv'])}")
     if "path_counts_2d" in data:
+        a0 = fig.add_subplot(outer[0])
         m = np.asarray(data["path_counts_2d"], dtype=np.float64)
-        off = cov["offset"]
+        c0, c1 = (m.shape[0] - 1) / 2, (m.shape[1] - 1) / 2
         img = np.where(m > 0, np.log10(np.maximum(m, 1)), np.nan)
         cmap = plt.get_cmap("viridis").with_extremes(bad="tab:red")
-        extent = (off[1] - 0.5, off[1] + m.shape[1] - 0.5, off[0] + m.shape[0] - 0.5, off[0] - 0.5)
+        extent = (-c1 - 0.5, c1 + 0.5, c0 + 0.5, -c0 - 0.5)
         im = a0.imshow(img, cmap=cmap, extent=extent, interpolation="nearest")
         fig.colorbar(im, ax=a0, label="log10 path count (red: hole)")
-        a0.set_xlabel("input offset, axis 1")
-        a0.set_ylabel("input offset, axis 0")
+        a0.set_xlabel("input offset from the output's centre, axis 1", color=_AXIS_COLORS[1])
+        a0.set_ylabel("input offset from the output's centre, axis 0", color=_AXIS_COLORS[0])
+        a0.set_title(title, fontsize=9)
     else:
-        for ax_i, (pc, off) in enumerate(zip(cov["path_counts"], cov["offset"])):
+        pcs = cov["path_counts"]
+        rows = outer[0].subgridspec(len(pcs), 1, hspace=0.55)
+        for ax_i, pc in enumerate(pcs):
+            a = fig.add_subplot(rows[ax_i])
             pc = np.asarray(pc, dtype=np.float64)
-            x = off + np.arange(len(pc))
-            a0.bar(x, pc, width=1.0, alpha=0.7, label=f"axis {ax_i}")
+            x = np.arange(len(pc)) - (len(pc) - 1) / 2
+            col = _AXIS_COLORS[ax_i % len(_AXIS_COLORS)]
+            a.bar(x, pc, width=1.0, color=col, edgecolor="white" if len(pc) <= 60 else col, linewidth=0.3)
             holes = x[pc == 0]
-            a0.plot(holes, np.zeros_like(holes), "|", color="tab:red", ms=12,
-                    label="hole" if ax_i == 0 and len(holes) else None)
-        a0.set_xlabel("input offset from output 0")
-        a0.set_ylabel("paths")
-        a0.legend(fontsize=8)
-    a0.set_title(f"{cov['name'] or 'output'}: extent {cov['extent']}, covered {cov['covered']}, "
-                 f"cv {', '.join(f'{c:.2f}' for c in cov['cv'])}", fontsize=9)
-    layers = data["layers"]
-    x = np.arange(1, len(layers) + 1)
+            a.plot(holes, np.zeros_like(holes), "|", color="tab:red", ms=12, mew=2,
+                   label=f"hole ({len(holes)})" if len(holes) else None)
+            a.set_ylabel(f"paths\naxis {ax_i}", color=col)
+            a.tick_params(axis="y", colors=col)
+            a.set_xlabel(f"input offset from the output's centre, axis {ax_i}", fontsize=8)
+            if len(holes):
+                a.legend(fontsize=7, loc="upper right")
+            if ax_i == 0:
+                a.set_title(title, fontsize=9)
+    a1 = fig.add_subplot(outer[1])
+    x = np.arange(1, n_layers + 1)
     ndim = len(layers[0]["size"]) if layers else 0
+    sizes = [[r["size"][ax_i] for r in layers] for ax_i in range(ndim)]
+    covs = [[r["covered"][ax_i] if r["covered"] else np.nan for r in layers] for ax_i in range(ndim)]
+    few = n_layers <= 40
     for ax_i in range(ndim):
-        a1.plot(x, [r["size"][ax_i] for r in layers], marker="o", label=f"size, axis {ax_i}")
-        cv = [r["covered"][ax_i] if r["covered"] else np.nan for r in layers]
-        a1.plot(x, cv, marker="x", linestyle="--", label=f"covered, axis {ax_i}")
-    a1.set_xticks(x)
-    a1.set_xticklabels([r["name"] for r in layers], rotation=60, ha="right", fontsize=7)
+        col = _AXIS_COLORS[ax_i % len(_AXIS_COLORS)]
+        lw, ms = (4.5 - 1.5 * ax_i, 9 - 3 * ax_i) if ndim > 1 else (1.8, 6)   # coinciding axes stay visible
+        same = next((j for j in range(ax_i) if sizes[j] == sizes[ax_i] and np.allclose(covs[j], covs[ax_i],
+                                                                                     equal_nan=True)), None)
+        tag = f" (= axis {same})" if same is not None else ""
+        a1.plot(x, sizes[ax_i], marker="os^"[ax_i % 3] if few else None, ms=ms, lw=lw, color=col,
+                alpha=0.85, label=f"size, axis {ax_i}{tag}")
+        a1.plot(x, covs[ax_i], marker="x" if few else None, ms=ms, lw=max(lw - 1, 1), linestyle="--",
+                color=col, alpha=0.85, label=f"covered, axis {ax_i}{tag}")
+    step = max(1, int(np.ceil(n_layers / 40)))          # at most ~40 labels, each readable
+    ticks = x[::step]
+    a1.set_xticks(ticks)
+    a1.set_xticklabels([_short(layers[i - 1]["name"]) for i in ticks], rotation=60, ha="right",
+                       fontsize=7 if n_layers <= 40 else 6)
+    a1.set_xlim(0.5, n_layers + 0.5)
     a1.set_ylabel("input samples")
-    a1.set_title("receptive field per layer", fontsize=9)
+    a1.set_title("receptive field per layer" + (f" (one label in {step}; {n_layers} layers)" if step > 1 else ""),
+                 fontsize=9)
     a1.grid(alpha=0.3)
     a1.legend(fontsize=8)
     _save_atomic(fig, path)
-
 
 
 # --- compare figures (accuracy vs params/MACs, field pictures, learning curves) ---
