@@ -213,7 +213,8 @@ def test_concurrent_writers_keep_every_record(tmp_path):
     (["--epochs", "100000"], "--epochs must be an int in 1..1000"),
     (["--depth", "1000"], "--depth must be an int in 1..64, got 1000"),
     (["--threads", "100000"], "--threads must be an int in 1.."),
-    (["--patience", "0"], "--patience must be an int >= 1"),
+    (["--patience", "-1"], "--patience must be an int >= 0"),
+    (["--patience", "1000"], "--patience must be an int in 1..100"),
 ])
 def test_bounds_are_checked_before_anything_runs(tmp_path, capsys, monkeypatch, extra, msg):
     import atrous.compare.data as D

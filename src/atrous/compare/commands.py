@@ -56,7 +56,7 @@ def _positive(value, name):
     return v
 
 
-_INT_OPTIONS = ("seeds", "epochs", "target_rf", "depth", "width", "threads", "patience")
+_INT_OPTIONS = ("seeds", "epochs", "target_rf", "depth", "width", "threads")
 
 
 def register(sub) -> None:
@@ -86,7 +86,8 @@ def register(sub) -> None:
                         "mnist1d, 40 for fashion-seg and the output-stride study)")
     p.add_argument("--patience", default=None,
                    help="plateau rule: stop after this many epochs without a validation gain (default "
-                        "5 for fashion-seg and the output-stride study; fixed --epochs otherwise)")
+                        "5 for fashion-seg and the output-stride study); 0: fixed --epochs with a "
+                        "one-cycle schedule (the default for mnist1d and fashion-mnist)")
     p.add_argument("--target-rf", default=None,
                    help="receptive field every strategy must reach, per axis (default: the whole input)")
     p.add_argument("--depth", default=None, help="conv layers, at most 64 (default 5; 6 for fashion-seg)")
@@ -149,6 +150,16 @@ def _run(args, CLIError, t0) -> int:
             if v is not None and opt in LIMITS:
                 check_bound(v, opt, "--" + opt.replace("_", "-"))
             setattr(args, opt, v)
+        patience = args.patience
+        if patience is not None:
+            try:
+                patience = int(patience)
+            except ValueError:
+                raise ValueError(f"--patience must be an int >= 0 (0: fixed --epochs), "
+                                 f"got {args.patience!r}") from None
+            if patience < 0:
+                raise ValueError(f"--patience must be an int >= 0 (0: fixed --epochs), got {args.patience!r}")
+            check_bound(max(patience, 1), "patience", "--patience")
         task = args.task or ("fashion-seg" if args.study == "output-stride" else "mnist1d")
         check_task(task)
         names = S.check_strategies(args.strategies) if args.strategies is not None else S.STRATEGIES
@@ -157,8 +168,11 @@ def _run(args, CLIError, t0) -> int:
         strides = check_output_strides(args.output_strides) if args.output_strides is not None else None
         study = Study.for_task(task, quick=args.quick, study=args.study, strategies=names, seeds=args.seeds,
                                epochs=args.epochs, target_rf=args.target_rf, depth=args.depth,
-                               width=args.width, threads=args.threads, patience=args.patience,
-                               output_strides=strides).validate()
+                               width=args.width, threads=args.threads,
+                               patience=patience or None, output_strides=strides)
+        if patience == 0:          # fixed epochs, overriding a task's plateau default
+            study.patience = None
+        study.validate()
         study.data_dir = args.data_dir
         out = args.out or default_out(study)
         records = run_study(study, out, force=args.force, quiet=args.quiet)
