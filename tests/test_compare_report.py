@@ -157,9 +157,10 @@ def test_near_chance_is_not_enough():
     rows = Rp.summarize(recs)
     assert Rp.near_chance(rows[0]) and rows[0]["chance"] == pytest.approx(0.1)
     v = {c["claim"][:20]: c["verdict"] for c in Rp.claims(rows)}
-    assert v["Growing the field he"] == Rp.NOT_ENOUGH
+    assert v["Growing the field he"] == Rp.NOT_ENOUGH                # both near chance: noise
     for r in recs:
-        r["metric"] += 0.6                                        # well above chance: judged
+        if r["config"]["strategy"] == "dilated":
+            r["metric"] += 0.6                     # one side well above chance: that is evidence
     v = {c["claim"][:20]: c["verdict"] for c in Rp.claims(Rp.summarize(recs))}
     assert v["Growing the field he"] == "confirmed"
 

@@ -5,8 +5,8 @@ Wang et al. 2018; for the output-stride study DeepLabv3's Table 1) and states wh
 study say about it: *confirmed*, *refuted*, *within seed noise* (not significant) or *qualified*,
 with the figures. The significance rule: a difference counts when it exceeds twice its standard
 error (Welch, sample standard deviations over seeds). A verdict needs evidence: with fewer than 2
-seeds of a compared strategy, or a metric near chance (a smoke run), the claim says *not enough runs
-to judge*. Claims "at equal field" print the fields they compare and say when they differ.
+seeds of a compared strategy, or when every compared metric is near chance (a smoke run), the claim
+says *not enough runs to judge*. Claims "at equal field" print the fields they compare and say when they differ.
 
 >>> recs = [{"config": {"strategy": "plain", "seed": s}, "metric": m, "params": 10, "macs": 100,
 ...          "field": [11], "resolution": [40], "coverage": {"extent": [11], "covered": [11]},
@@ -121,7 +121,8 @@ def compare_means(a: dict, b: dict) -> tuple[float, float, str]:
     """``(difference a - b, its standard error, verdict)``; the verdict is ``'higher'``/``'lower'``
     when the difference exceeds twice the standard error (Welch), ``'same'`` when it does not (within
     seed noise), and :data:`NOT_ENOUGH` when either side has fewer than 2 seeds (no spread measured)
-    or is near chance.
+    or both are near chance (a smoke run: nothing was learned to compare; one side at chance and
+    the other well above it is evidence).
 
     >>> compare_means({"mean": .95, "std": .01, "n": 3}, {"mean": .90, "std": .01, "n": 3})[2]
     'higher'
@@ -134,7 +135,7 @@ def compare_means(a: dict, b: dict) -> tuple[float, float, str]:
     if a["n"] < 2 or b["n"] < 2 or a.get("std") is None or b.get("std") is None:
         return d, math.nan, NOT_ENOUGH
     se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-    if near_chance(a) or near_chance(b):
+    if near_chance(a) and near_chance(b):      # nothing learned on either side: noise, not evidence
         return d, se, NOT_ENOUGH
     return d, se, ("same" if abs(d) <= 2 * se else "higher" if d > 0 else "lower")
 
@@ -149,9 +150,8 @@ def _why_not(rows) -> str:
     if few:
         return (f"{NOT_ENOUGH}: " + ", ".join(f"{r['strategy']} has {r['n']} finished seed(s)" for r in few)
                 + "; a verdict needs at least 2 seeds per strategy")
-    low = [r for r in rows if near_chance(r)]
-    return (f"{NOT_ENOUGH}: " + ", ".join(f"{r['strategy']} {_pct(r['mean'])} is near chance "
-                                          f"({_pct(r['chance'])})" for r in low))
+    return (f"{NOT_ENOUGH}: " + " and ".join(f"{r['strategy']} {_pct(r['mean'])}" for r in rows)
+            + " are all near chance (" + ", ".join(_pct(r["chance"]) for r in rows) + ")")
 
 
 def _diff(a, b, metric) -> str:
@@ -455,7 +455,7 @@ def write_report(records: list[dict], out: str, command: str = "atrous compare",
                   "a plateau; their numbers may still be rising.", ""]
     lines += ["## The claims, measured", "",
               "Rule: a difference counts when it exceeds 2 standard errors (Welch, over seeds); with fewer "
-              f"than 2 seeds or a metric near chance the verdict is *{NOT_ENOUGH}*.", ""]
+              f"than 2 seeds, or with every compared metric near chance, the verdict is *{NOT_ENOUGH}*.", ""]
     for c in (claims_output_stride(rows) if os_study else claims(rows)):
         lines += [f"- **{c['claim']}** — *{c['verdict']}*. {c['evidence']}."]
     if figures and rows:
