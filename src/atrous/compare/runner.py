@@ -433,7 +433,7 @@ def run_one(cfg: dict, ds: Dataset, bar=None) -> dict:
 def _run_one(cfg, ds, bar, torch) -> dict:
     from .train import chance_score, train_run
     torch.manual_seed(cfg["seed"])
-    rec = {"key": run_key(cfg), "config": cfg}
+    rec = {"key": run_key(cfg), "config": cfg, "data_source": ds.source}
     if cfg.get("study") == "output-stride":
         model = OS.build_variant(cfg["output_stride"], ds.in_channels, ds.num_classes, cfg["width"],
                                  input_size=min(ds.spatial))
