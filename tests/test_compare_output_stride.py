@@ -101,7 +101,7 @@ def _verdicts(rows):
 def test_output_stride_claims_follow_the_numbers():
     v = _verdicts([_row(32, .30), _row(16, .40), _row(8, .45), _row(4, .50)])
     assert v == {"Conversion to dilati": "confirmed", "Keeping resolution h": "confirmed",
-                 "The loss is at objec": "confirmed", "Resolution costs com": "confirmed"}
+                 "Near object boundari": "confirmed", "Resolution costs com": "confirmed"}
     v = _verdicts([_row(32, .50), _row(16, .40), _row(8, .30)])
     assert v["Keeping resolution h"] == "refuted"
     v = _verdicts([_row(32, .40), _row(16, .401), _row(8, .402)])
@@ -109,7 +109,7 @@ def test_output_stride_claims_follow_the_numbers():
     v = _verdicts([_row(32, .30), _row(16, .40), _row(8, .405)])
     assert v["Keeping resolution h"].startswith("confirmed (overall")
     v = _verdicts([_row(32, .30, std=None, n=1), _row(8, .50, std=None, n=1)])
-    assert v["Keeping resolution h"] == Rp.NOT_ENOUGH and v["The loss is at objec"] == Rp.NOT_ENOUGH
+    assert v["Keeping resolution h"] == Rp.NOT_ENOUGH and v["Near object boundari"] == Rp.NOT_ENOUGH
     v = _verdicts([_row(32, .30), _row(8, .50, field=(100, 100), params=999)])
     assert v["Conversion to dilati"] == "refuted"
 

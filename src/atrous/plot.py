@@ -317,6 +317,7 @@ def compare_output_stride(rows, path):
         a1.errorbar(r["macs"], 100 * r["mean"], yerr=100 * (r["std"] or 0), fmt="o", capsize=4,
                     color=col, label=f"OS {r['output_stride']}")
     a1.set_xscale("log")
+    a1.xaxis.set_minor_formatter(plt.NullFormatter())      # crowded minor labels on a short decade
     a1.set_xlabel("MACs per sample")
     a1.set_ylabel("test mIoU (%)")
     a1.grid(alpha=0.3)
