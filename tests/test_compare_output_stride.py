@@ -90,6 +90,7 @@ def test_check_output_strides():
 def _row(s, mean, std=.01, n=3, band=None, macs=None, field=(183, 183), params=1000):
     return {"strategy": f"os{s}", "output_stride": s, "mean": mean, "std": std, "n": n, "chance": 0.05,
             "field": list(field), "params": params, "macs": macs or 10 ** 7 // s, "epoch_time": 1.0,
+            "resolution": [64 // s, 64 // s],
             "band": {"2": {"mean": band if band is not None else mean - .1, "std": std, "n": n}},
             "metric_name": "mIoU"}
 
@@ -112,6 +113,17 @@ def test_output_stride_claims_follow_the_numbers():
     assert v["Keeping resolution h"] == Rp.NOT_ENOUGH and v["Near object boundari"] == Rp.NOT_ENOUGH
     v = _verdicts([_row(32, .30), _row(8, .50, field=(100, 100), params=999)])
     assert v["Conversion to dilati"] == "refuted"
+
+
+def test_trend_beside_the_paper_by_feature_map_size():
+    rows = [_row(32, .10), _row(16, .25), _row(8, .40), _row(4, .50)]
+    ev = next(c["evidence"] for c in Rp.claims_output_stride(rows) if c["claim"].startswith("Keeping"))
+    # maps 16, 8, 4, 2 match the paper's ceil(513/OS) = 17, 9, 5, 3 (OS 32, 64, 128, 256)
+    want = [O.PAPER_MIOU[s] / O.PAPER_MIOU[32] for s in (32, 64, 128, 256)]
+    assert ("DeepLabv3 at the nearest map sizes (513-pixel crops) 17x17 1.00, 9x9 "
+            f"{want[1]:.2f}, 5x5 {want[2]:.2f}, 3x3 {want[3]:.2f}") in ev
+    assert "here 16x16 1.00, 8x8 0.80, 4x4 0.50, 2x2 0.20" in ev
+    assert "here OS 8 -> 32 loses 30.0 points" in ev
 
 
 def _idx(arr):
