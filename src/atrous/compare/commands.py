@@ -24,8 +24,9 @@ examples:
   torchrun --nproc_per_node=2 -m atrous compare    # split the runs over 2 processes
 
   # the output-stride study (DeepLabv3's "going deeper with atrous convolution", at CPU scale):
-  # one ResNet-style backbone converted to output strides 32, 16, 8, 4 x 3 seeds on fashion-seg,
-  # each trained to a plateau; about 25 minutes on 2 cores with 2 processes:
+  # one ResNet-style backbone converted to output strides 32, 16, 8, 4 x 3 seeds on fashion-seg
+  # (2000/500 canvases), each trained to a plateau. Budget: 12 runs, ~30 min of CPU time, i.e.
+  # ~15 min on 2 free cores with 2 processes (measured: 41 min on 2 cores shared at load 6):
   torchrun --nproc_per_node=2 -m atrous compare --study output-stride
   atrous compare --study output-stride --output-strides 32,8 --seeds 2
 
