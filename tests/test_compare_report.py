@@ -122,3 +122,126 @@ def test_2d_tasks_end_to_end_on_tiny_idx_files(tmp_path, task):
     assert by["dilated"]["field"][0] >= size and by["pool"]["field"][0] >= size
     assert by["dilated"]["metric_name"] == ("mIoU" if task == "fashion-seg" else "accuracy")
     assert "## The claims, measured" in (out / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ report rules (issue 10, part 2)
+
+def test_one_seed_is_not_enough_and_prints_no_spread():
+    recs = [_rec(s, 0, m, res=5 if s in ("pool", "stride") else 40)
+            for s, m in (("dilated", .98), ("pool", .90), ("stride", .85), ("gridded", .80), ("plain", .70))]
+    rows = Rp.summarize(recs)
+    assert all(r["std"] is None and r["n"] == 1 for r in rows)
+    v = {c["claim"][:30]: c["verdict"] for c in Rp.claims(rows)}
+    for claim in ("The resolution cut costs accur", "A hole-free schedule loses les",
+                  "Growing the field helps: the d"):
+        assert v[claim] == Rp.NOT_ENOUGH                     # big differences, but no spread measured
+    md = Rp.table_markdown(rows)
+    assert "± 0.00" not in md and "98.00 (n=1, no spread)" in md
+    # measured properties (not statistics) are still judged
+    assert v["Pooling and striding cut resol"] == "confirmed"
+
+
+def test_two_seeds_against_one_is_not_enough():
+    recs = [_rec("dilated", s, .98 + s * .001) for s in range(3)] + [_rec("gridded", 0, .5)]
+    v = {c["claim"][:20]: c["verdict"] for c in Rp.claims(Rp.summarize(recs))}
+    assert v["A hole-free schedule"] == Rp.NOT_ENOUGH
+
+
+def test_near_chance_is_not_enough():
+    recs = []
+    for s in range(3):
+        for name, m in (("dilated", .16 + s * .001), ("plain", .12 + s * .001)):
+            r = _rec(name, s, m)
+            r["chance"] = 0.1                                     # 10 classes
+            recs.append(r)
+    rows = Rp.summarize(recs)
+    assert Rp.near_chance(rows[0]) and rows[0]["chance"] == pytest.approx(0.1)
+    v = {c["claim"][:20]: c["verdict"] for c in Rp.claims(rows)}
+    assert v["Growing the field he"] == Rp.NOT_ENOUGH                # both near chance: noise
+    for r in recs:
+        if r["config"]["strategy"] == "dilated":
+            r["metric"] += 0.6                     # one side well above chance: that is evidence
+    v = {c["claim"][:20]: c["verdict"] for c in Rp.claims(Rp.summarize(recs))}
+    assert v["Growing the field he"] == "confirmed"
+
+
+def test_unequal_fields_are_stated():
+    recs = []
+    for s in range(3):
+        recs += [_rec("dilated", s, .98 + s * .001, extent=41, covered=41),
+                 _rec("pool", s, .95 + s * .001, res=5, extent=54, covered=54),
+                 _rec("stride", s, .93 + s * .001, res=5, extent=47, covered=47),
+                 _rec("gridded", s, .90 + s * .001, extent=41, covered=21)]
+    cs = {c["claim"][:20]: c for c in Rp.claims(Rp.summarize(recs))}
+    ev = cs["The resolution cut c"]["evidence"]
+    assert "dilated 41, pool 54, stride 47" in ev and "they differ" in ev
+    ev = cs["A hole-free schedule"]["evidence"]
+    assert "equal fields (dilated 41, gridded 41)" in ev and "differ" not in ev
+
+
+def test_duplicated_records_are_counted_once(tmp_path):
+    from atrous.compare import runner as R
+    recs = [dict(_rec("dilated", s, .9 + s / 100), key=f"k{s}") for s in range(3)]
+    path = tmp_path / "results.jsonl"
+    R.append_records(path, recs)
+    text = path.read_text()
+    path.write_text(text + text)                                  # two result files concatenated
+    with pytest.warns(R.RecordWarning, match="3 duplicate record"):
+        got = R.read_records(path)
+    assert [r["key"] for r in got] == ["k0", "k1", "k2"]
+    row = Rp.summarize(got)[0]
+    assert row["n"] == 3 and row["std"] == pytest.approx(statistics.stdev([.90, .91, .92]))
+    # a later line with the same key replaces the earlier one
+    changed = dict(recs[1], metric=0.5)
+    path.write_text(text + json.dumps(changed) + "\n")
+    with pytest.warns(R.RecordWarning, match="1 duplicate"):
+        got = R.read_records(path)
+    assert [r["metric"] for r in got] == [.90, .92, .5]
+    # an append rewrites the file without duplicates
+    R.append_records(path, [dict(_rec("dilated", 5, .7), key="k5")])
+    assert len(path.read_text().splitlines()) == 4
+
+
+def test_diverged_runs_are_left_out_and_listed(tmp_path):
+    recs = [_rec("dilated", s, .9 + s / 100) for s in range(2)]
+    bad = _rec("dilated", 2, None)
+    bad.update(status="diverged", error="training loss became nan at epoch 2, step 3 of 8")
+    rows = Rp.summarize(recs + [bad])
+    assert rows[0]["n"] == 2 and rows[0]["diverged"][0]["seed"] == 2
+    for r in recs + [bad]:
+        r["key"] = str(r["config"]["seed"])
+        r["config"]["task"] = "mnist1d"
+    text = Rp.write_report(recs + [bad], str(tmp_path), figures=False)
+    assert "Runs that diverged" in text and "loss became nan at epoch 2" in text
+
+
+@settings(max_examples=25)
+@given(h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 4), width=st.integers(1, 3),
+       seed=st.integers(0, 1000))
+def test_boundary_band_against_brute_force(h, w, c, width, seed):
+    y = np.random.default_rng(seed).integers(0, c, (2, h, w))
+    band = T.boundary_band(y, width)
+    for n in range(2):
+        for i in range(h):
+            for j in range(w):
+                win = y[n, max(i - width, 0):i + width + 1, max(j - width, 0):j + width + 1]
+                assert band[n, i, j] == (len(np.unique(win)) > 1)
+
+
+def test_chance_score_and_band_scores():
+    import torch
+    y_train = np.array([[0, 0], [0, 1]])
+    y_test = np.array([[[0, 1], [1, 1]]])
+    # constant prediction of class 0: IoU class 0 = 1/4, class 1 = 0 -> mIoU 1/8
+    assert T.chance_score(y_train, y_test, 2, dense=True) == pytest.approx(0.125)
+    assert T.chance_score(np.array([2, 2, 1]), np.array([2, 1, 1, 1]), 3, dense=False) == 0.25
+
+    class Fixed(torch.nn.Module):                     # predicts class 1 everywhere but pixel (0, 0)
+        def forward(self, x):
+            out = torch.zeros(len(x), 2, 2, 2)
+            out[:, 1] = 1
+            out[:, 0, 0, 0] = 2
+            return out
+
+    s = T.scores(Fixed(), np.zeros((1, 1, 2, 2), np.float32), y_test, 2, dense=True, band_widths=(1,))
+    assert s["metric"] == pytest.approx(1.0) and s["band_acc"] == {"1": 1.0}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import gzip
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -34,7 +35,8 @@ import numpy as np
 from .._optional import require
 
 __all__ = ["Dataset", "TASKS", "read_idx", "write_idx", "load_mnist1d", "load_fashion_mnist",
-           "compose_canvases", "load_task", "check_task", "FASHION_DEBIAN_DIR", "FASHION_FILES"]
+           "compose_canvases", "load_task", "check_task", "check_arrays", "FASHION_DEBIAN_DIR",
+           "FASHION_FILES"]
 
 TASKS = ("mnist1d", "fashion-mnist", "fashion-seg")
 FASHION_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -62,6 +64,17 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     dense: bool = False
+    source: str = ""          # where the data came from (files / directory), for messages and records
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the four arrays (dtype, shape and bytes): part of every run's
+        key, so a resume never mixes datasets (another ``--data-dir``, other files, other sizes)."""
+        h = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.data)
+        return h.hexdigest()[:16]
 
     @property
     def in_channels(self) -> int:
@@ -85,6 +98,27 @@ def check_task(task: str) -> str:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}; got {task!r}{hint}")
     return task
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, where: str) -> None:
+    """Refuse data a network cannot be trained on, naming where it came from: non-finite inputs
+    (NaN/inf) or labels outside ``0..num_classes-1``.
+
+    >>> check_arrays(np.array([0.0, np.nan]), np.array([0, 1]), 2, "a.idx")
+    Traceback (most recent call last):
+    ...
+    ValueError: a.idx: 1 input value(s) are NaN or infinite (first at index (1,)); refusing to train on them
+    """
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{where}: {int(bad.sum())} input value(s) are NaN or infinite (first at "
+                             f"index {first}); refusing to train on them")
+    y = np.asarray(y)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"{where}: labels must be in 0..{num_classes - 1}, got {y.min()}..{y.max()}")
 
 
 # ----------------------------------------------------------------------------------- IDX files
@@ -199,8 +233,8 @@ def load_fashion_mnist(data_dir: str | None = None, n_train: int | None = None,
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise ValueError(f"Fashion-MNIST {split} files disagree: images {x.shape}, labels "
                              f"{y.shape} (expected (N, H, W) and (N,))")
-        if y.size and (y.min() < 0 or y.max() > 9):
-            raise ValueError(f"Fashion-MNIST {split} labels must be in 0..9, got {y.min()}..{y.max()}")
+        check_arrays(x, np.zeros(0, np.int64), 10, paths[f"x_{split}"])
+        check_arrays(np.zeros(0), y, 10, f"{paths[f'y_{split}']} (Fashion-MNIST {split} labels)")
     sl_tr, sl_te = slice(0, n_train), slice(0, n_test)
     return Dataset(
         "fashion-mnist",
@@ -208,7 +242,7 @@ def load_fashion_mnist(data_dir: str | None = None, n_train: int | None = None,
         arr["y_train"][sl_tr].astype(np.int64),
         (arr["x_test"][sl_te, None] / np.float32(255)).astype(np.float32),
         arr["y_test"][sl_te].astype(np.int64),
-        10)
+        10, source=os.path.dirname(os.path.abspath(paths["x_train"])))
 
 
 def compose_canvases(images: np.ndarray, labels: np.ndarray, n: int, size: int = 64, seed: int = 0,
@@ -272,8 +306,11 @@ def load_mnist1d(data_dir: str | None = None) -> Dataset:
         from .._io import atomic_write
         with atomic_write(path, "wb") as f:
             np.savez(f, **d)
+    check_arrays(d["x"], d["y"], 10, f"{path} (train split)")
+    check_arrays(d["x_test"], d["y_test"], 10, f"{path} (test split)")
     return Dataset("mnist1d", d["x"][:, None].astype(np.float32), d["y"].astype(np.int64),
-                   d["x_test"][:, None].astype(np.float32), d["y_test"].astype(np.int64), 10)
+                   d["x_test"][:, None].astype(np.float32), d["y_test"].astype(np.int64), 10,
+                   source=os.path.abspath(path))
 
 
 def _standardize(ds: Dataset) -> Dataset:
@@ -303,5 +340,5 @@ def load_task(task: str, data_dir: str | None = None, n_train: int | None = None
         fm = load_fashion_mnist(data_dir)
         xtr, ytr = compose_canvases(fm.x_train, fm.y_train, n_train or 4000, seg_size, seed=0)
         xte, yte = compose_canvases(fm.x_test, fm.y_test, n_test or 1000, seg_size, seed=1)
-        ds = Dataset("fashion-seg", xtr, ytr, xte, yte, 11, dense=True)
+        ds = Dataset("fashion-seg", xtr, ytr, xte, yte, 11, dense=True, source=fm.source)
     return _standardize(ds)
