@@ -135,31 +135,12 @@ def backbone(in_channels: int = 1, width: int = 16):
 
 def convert(net, output_stride: int, input_size: int = 64):
     """``net`` (a backbone of native output stride 32) at ``output_stride``, by
-    :func:`atrous.nn.convert_to_dilated` (a copy; ``net`` is untouched).
-
-    Output stride 32 is a copy of ``net``. Below 8, when this version of ``convert_to_dilated``
-    accepts only 8, 16 and 32, the same conversion is obtained from it exactly by converting
-    ``Sequential(1x1 conv of stride q, net)`` to 8 with ``q = 8 / output_stride`` and keeping the
-    converted ``net``: a layer seeing stride ``rho`` inside ``net`` sees ``q * rho`` there, so it
-    keeps its stride iff ``q*rho*s <= 8`` (``rho*s <= output_stride``) and its dilation is
-    multiplied by ``q*rho / min(q*rho, 8) = rho / min(rho, output_stride)``, which is the
-    definition. :func:`verify_variants` checks the result numerically before any training.
-    """
-    torch = require("torch")
+    :func:`atrous.nn.convert_to_dilated` (a copy; ``net`` is untouched; 32 is a plain copy).
+    :func:`verify_variants` checks the result numerically before any training."""
     from ..nn import convert_to_dilated
     if output_stride == NATIVE_STRIDE:
         return copy.deepcopy(net)
-    try:
-        return convert_to_dilated(net, output_stride, input_size=input_size)
-    except ValueError:
-        if output_stride >= 8 or 8 % output_stride:
-            raise
-    q = 8 // output_stride
-    c_in = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
-    p = next(net.parameters())
-    prefix = torch.nn.Conv2d(c_in, c_in, 1, stride=q, bias=False, device=p.device, dtype=p.dtype)
-    wrapped = torch.nn.Sequential(prefix, net).train(net.training)
-    return convert_to_dilated(wrapped, 8, input_size=input_size * q)[1]
+    return convert_to_dilated(net, output_stride, input_size=input_size)
 
 
 def build_variant(output_stride: int, in_channels: int = 1, num_classes: int = 11, width: int = 16,
