@@ -7,52 +7,66 @@ weight ``(C_out, C_in // groups, *kernel)``, output ``(N, C_out, *out_spatial)``
 through the same code, the rank is read from the weight. All per-axis arithmetic (effective kernel,
 output sizes, padding modes) comes from :mod:`atrous.geometry`.
 
-How it works (one layout serves forward, backward and transpose)
-----------------------------------------------------------------
-*Phase layout.* The input is zero-padded once and split, per axis, into ``stride`` phases
-(polyphase): phase ``r`` holds padded positions ``r, r + s, r + 2s, ...``. Each phase is stored
-channels-first with the batch folded into the spatial axes and everything flattened::
+How it works
+------------
+*Only what is read.* Per axis, output ``t`` reads padded position ``t*s + d*j`` with tap ``j``
+(stride ``s``, dilation ``d``). A tap that reads only padding for every output is *dead*: it is
+skipped (its products are zeros; only a non-finite weight or gradient makes them NaN, which is
+added explicitly, see below). The engine keeps the span ``[b, e)`` of padded positions that the live
+taps read, so time and memory follow the output size and the live taps, never the stride, the
+dilation or the padding as such (``stride=10**6`` or ``dilation=10**10`` cost what a small call costs).
 
-    xph[phase, c, row]       row = n * P + sum_a q_a * rs_a     (q_a: index inside the phase,
-                                                                  P = prod(sph), rs_a = prod(sph[a+1:]))
+*Phase grids.* That span is zero-padded once and split, per axis, into stride phases (polyphase):
+phase ``r`` holds positions ``b + r, b + r + s, ...``; only the phases some live tap reads are built.
+Tap ``j`` of output ``t`` then reads phase ``(d*j - b) % s`` at index ``t + (d*j - b) // s``: every
+tap is a constant shift of the output box inside one phase grid.
 
-Output ``t`` on axis ``a`` reads padded position ``t*s + d*j`` for tap ``j``, which lives in phase
-``(d*j) % s`` at phase index ``t + (d*j) // s``. So on the flattened grid every tap is ONE constant
-row offset ``off_j`` into ONE phase: the input window of a tap is a contiguous slice, and
+*Gather + GEMM.* The output is cut into chunks (whole samples, blocks of lines or planes, or pieces
+of one line, so that the chunk buffers stay under the memory budget). For a chunk, the tap windows
+(the output box shifted per tap, cropped to the real outputs) are stacked into a patch that stays in
+cache (im2col) and one GEMM per group writes the chunk straight into the result::
 
-    y_grid[:, row] = sum_j  W_j @ xph[phase_j, :, row + off_j]         (W_j: (C_out, C_in) per group)
+    y[n, :, box] = W (C_out, T*C_in)  @  patch (T*C_in, box)          (T live taps; per group)
 
-is one large BLAS GEMM per tap ("tap" strategy), or a broadcast multiply-add for depthwise weights
-("elementwise"); these compute on the phase grid and crop the rows that are not real outputs at the
-end. The default ("im2col") stacks the tap windows of a block of output lines, cropped to the real
-outputs, into a patch that stays in cache and runs one GEMM that writes straight into the result.
-Rows are processed in chunks whose temporary buffers stay under the memory budget
-(:func:`set_memory_budget`); besides the chunk buffers the engine holds one padded copy of the input
-and the output on the phase grid (both proportional to the arrays themselves). Big calls run
-their chunks on a small thread pool with single-threaded BLAS when ``threadpoolctl`` is installed,
-because NumPy's copies and additions are otherwise single-threaded.
+For short lines (3-D volumes, small 2-D maps) the windows are instead contiguous slices of the
+flattened grid that include the padding columns (the GEMM computes a few extra columns that are
+dropped). Depthwise weights use a broadcast multiply-add instead of a GEMM. Big calls run the chunks
+on a small thread pool with single-threaded BLAS when ``threadpoolctl`` is installed, because
+NumPy's copies are otherwise single-threaded. The chunking never depends on the thread count, and
+every output value is computed by one fixed sequence of operations, so results are bit-identical
+however the chunks are scheduled.
 
 Backward, derived next to the forward
 -------------------------------------
-With the forward written per tap as ``y[row] = sum_j W_j x[row + off_j]`` (rows restricted to real
-outputs) and ``gy = dL/dy`` placed on the same grid (zeros on rows that are not real outputs), the
-chain rule gives:
+With the forward written per tap as ``y[t] = sum_j W_j x[t*s + d*j]`` (``t`` over real outputs,
+``x`` zero-padded) and ``g = dL/dy``, the chain rule gives:
 
-* ``dL/dW_j = sum_row gy[row] x[row + off_j]^T`` -- a correlation of the input with the output
-  gradient: the output gradient plays the kernel, stepping by the *dilation* ``d`` over the input
-  while the output index steps by the *stride*: stride and dilation exchanged. One GEMM per tap with
-  the long axis (rows) as the reduction axis.
-* ``dL/dx[r] = sum_j W_j^T gy[r - off_j]`` over the taps ``j`` whose phase holds ``r`` -- the
-  *transposed convolution* of ``gy`` (zero-inserted by the stride: the phases; kernel flipped: the
-  offsets ``-off_j``; same dilation). It is computed like the forward, as a gather with the roles of
-  ``x`` and ``y`` swapped, so every row of ``dx`` is written by one chunk. Undoing the phase split
-  and dropping the padding (including the asymmetric pads of ``"same"`` and ``"causal"``) gives
-  ``grad_x``. :func:`conv_transpose` is exactly this operator.
-* ``dL/db = sum over N and spatial of gy``.
+* ``dL/dW_j = sum_t g[t] x[t*s + d*j]^T`` -- a correlation of the input with the output gradient,
+  in which the output gradient plays the kernel: it steps by the *dilation* ``d`` over the input
+  while its own index steps by the *stride* (stride and dilation exchanged). Computed as the
+  forward's patch of a chunk times the chunk of ``g`` (one GEMM reducing over the chunk's
+  positions), accumulated in place in a fixed chunk order (one partial per worker thread).
+* ``dL/dx[i] = sum_{j, t: t*s + d*j = i} W_j^T g[t]`` -- the *transposed convolution* of ``g``
+  (zero-inserted by the stride: the phases; kernel flipped: shifts ``-qoff_j``; same dilation). For
+  each input phase it is a gather, the forward with the roles of ``x`` and ``g`` swapped: phase
+  position ``q`` sums ``W_j^T g[q - qoff_j]`` over the taps ``j`` of that phase, ``g`` being
+  zero-padded. :func:`conv_transpose` is exactly this operator.
+* ``dL/db = sum over N and space of g``.
+
+NaN and inf like PyTorch
+------------------------
+PyTorch multiplies every (output, tap) pair, padding zeros included, and nothing else. The engine
+does the same: the forward and ``dL/dW`` read only real outputs (a NaN input poisons exactly the
+outputs and weight taps that read it); a dead tap contributes ``0 * w`` to the forward and
+``0 * g`` to ``dL/dW`` (NaN only when those are non-finite). In ``dL/dx`` the zero padding of ``g``
+is not part of PyTorch's products, which only matters for non-finite weights: then the finite part
+of the weight runs the normal path and the non-finite entries are added from exact counts of their
+NaN, +inf and -inf products. No RuntimeWarning is raised for non-finite data.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
@@ -67,13 +81,14 @@ __all__ = ["conv", "conv_transpose", "conv_grad", "get_memory_budget", "set_memo
 
 _DEFAULT_BUDGET = 256 * 2**20
 _BUDGET = _DEFAULT_BUDGET
-# Rows of the phase grid per chunk: large enough for efficient GEMMs, small enough that a chunk's
-# accumulator stays in cache. Tuned with benchmarks/engine.py.
-_CHUNK_ELEMS = 1 << 18      # buffer elements (rows * channels) per chunk: 1 MiB of float32, ~L2
+# Positions per chunk: about _CHUNK_ELEMS patch elements (1 MiB of float32, ~L2) and at least
+# _MIN_ROWS positions so that the GEMMs stay efficient. Tuned with benchmarks/engine.py.
+_CHUNK_ELEMS = 1 << 18
 _MIN_ROWS = 256
-# Tests set this to "tap", "im2col" or "elementwise" to exercise one strategy everywhere, and
-# _PARALLEL to False to run chunks serially.
+# Tests force a strategy ("im2col" or "elementwise") or a window mode ("crop" or "flat")
+# everywhere, and set _PARALLEL to False to run chunks serially.
 _FORCE = None
+_FORCE_MODE = None
 _PARALLEL = True
 
 
@@ -220,63 +235,118 @@ def _spec(x, weight, bias, stride, padding, dilation, groups, causal_axes, memor
     return spec, x, weight, bias
 
 
-# --------------------------------------------------------------------------------------- layout
-class _Layout(NamedTuple):
-    nph: int          # number of phases
-    sph: tuple        # phase-grid size per axis
-    rs: tuple         # row stride per axis on the flattened grid
-    P: int            # rows per sample
-    taps: list        # (phase, row offset) per tap, C order over the kernel
-    last: int         # row of the last real output of a sample, relative to i*P
+
+# ----------------------------------------------------------------------------------------- plan
+class _Axis(NamedTuple):
+    """One spatial axis: which taps are live and where they read on the phase grid."""
+    live: tuple      # live tap indices j
+    res: tuple       # per live tap: index of its phase in `fill`
+    qoff: tuple      # per live tap: shift on the phase grid (output t reads index t + qoff)
+    sph: int         # phase-grid length
+    fill: tuple      # per used phase: (q0, q1, i0): grid slots q0..q1-1 hold x[i0 + s*(q - q0)]
 
 
-def _layout(spec) -> _Layout:
-    padded = [m + lo + hi for m, (lo, hi) in zip(spec.in_sizes, spec.pads)]
-    sph = tuple(-(-p // s) for p, s in zip(padded, spec.stride))
-    rs = tuple(math.prod(sph[a + 1:]) for a in range(len(sph)))
-    # tap j of output t reads padded position t*s + pos_j: phase pos_j % s, index t + pos_j // s
-    pos = [geometry.tap_offsets(k, d) for k, d in zip(spec.kernel, spec.dilation)]
+class _Plan(NamedTuple):
+    axes: tuple      # _Axis per spatial axis
+    sph: tuple       # phase-grid shape
+    nres: tuple      # used phases per axis (the grids are their product, C order)
+    taps: tuple      # live taps: (flat kernel index, phase index, shifts per axis)
+    dead: tuple      # flat kernel indices of the dead taps
+
+
+def _axis_plan(m, lo, k, s, d, o):
+    """Live taps of one axis (input ``m``, padding before ``lo``, ``o`` outputs), or None."""
+    live = []
+    for j in range(k):
+        p = d * j - lo                       # input index read by output 0
+        t = max(0, -(p // s))                # first output reading index >= 0
+        if t < o and t * s + p < m:
+            live.append(j)
+    if not live:
+        return None
+    b = d * live[0]                           # the span [b, e) of padded positions read
+    e = d * live[-1] + (o - 1) * s + 1
+    sph = -(-(e - b) // s)
+    resid = sorted({(d * j - b) % s for j in live})
+    fill = []
+    for r in resid:                           # slot q holds input index b + r + s*q - lo
+        q0 = max(0, -(-(lo - b - r) // s))
+        q1 = max(q0, min(sph, -(-(lo + m - b - r) // s)))
+        fill.append((q0, q1, b + r + s * q0 - lo))
+    return _Axis(tuple(live), tuple(resid.index((d * j - b) % s) for j in live),
+                 tuple((d * j - b) // s for j in live), sph, tuple(fill))
+
+
+def _plan(spec):
+    axes = [_axis_plan(m, lo, k, s, d, o) for m, (lo, _), k, s, d, o
+            in zip(spec.in_sizes, spec.pads, spec.kernel, spec.stride, spec.dilation, spec.out_sizes)]
+    K = math.prod(spec.kernel)
+    if any(a is None for a in axes):          # some axis reads only padding: every tap is dead
+        return _Plan(None, None, None, (), tuple(range(K)))
+    nres = tuple(len(a.fill) for a in axes)
     taps = []
-    for j in np.ndindex(*spec.kernel):
-        ph, off = 0, 0
-        for a, (ja, s) in enumerate(zip(j, spec.stride)):
-            ph = ph * s + pos[a][ja] % s
-            off += (pos[a][ja] // s) * rs[a]
-        taps.append((ph, off))
-    # the real outputs of sample i are rows i*P + [0, last] of the grid
-    last = sum((o - 1) * r for o, r in zip(spec.out_sizes, rs))
-    return _Layout(math.prod(spec.stride), sph, rs, math.prod(sph), taps, last)
+    for combo in itertools.product(*(range(len(a.live)) for a in axes)):
+        kidx = int(np.ravel_multi_index(tuple(a.live[i] for a, i in zip(axes, combo)), spec.kernel))
+        ph = int(np.ravel_multi_index(tuple(a.res[i] for a, i in zip(axes, combo)), nres))
+        taps.append((kidx, ph, tuple(a.qoff[i] for a, i in zip(axes, combo))))
+    live = {t[0] for t in taps}
+    return _Plan(tuple(axes), tuple(a.sph for a in axes), nres, tuple(taps),
+                 tuple(i for i in range(K) if i not in live))
 
 
-def _tasks(spec, lay, row_elems, rows_cap, workers=1, whole=False):
-    """Row ranges ``[r0, r1)`` covering the real output rows of every sample (every row if
-    ``whole``). Small samples are merged and long ranges cut so that a range has at most
-    ``rows_cap`` rows (the memory budget), about ``_CHUNK_ELEMS`` buffer elements (``row_elems``
-    per row, to stay in cache), and there are a few ranges per worker thread."""
-    span = lay.P if whole else lay.last + 1
-    target = min(rows_cap, max(_MIN_ROWS, _CHUNK_ELEMS // max(row_elems, 1)))
-    if workers > 1:
-        target = min(target, max(_MIN_ROWS // 4, -(-spec.n * span // (3 * workers))))
+# ------------------------------------------------------------------------------------- chunking
+class _Chunk(NamedTuple):
+    """Samples [n0, n1) and, when ``a >= 0``, one sample's box positions with the indices of the
+    axes before ``a`` fixed to ``prefix``, axis ``a`` in [u, v) and the later axes whole."""
+    n0: int
+    n1: int
+    a: int
+    prefix: tuple
+    u: int
+    v: int
+
+
+def _sub(ch, box):
+    """Shape of a chunk's part of the box."""
+    return tuple(box) if ch.a < 0 else (ch.v - ch.u,) + tuple(box[ch.a + 1:])
+
+
+def _flat_range(ch, box):
+    """[r0, r1) of the chunk in the C-order flattened box of one sample."""
+    if ch.a < 0:
+        return 0, math.prod(box)
+    inner = math.prod(box[ch.a + 1:])
+    lead = 0
+    for i, size in zip(ch.prefix + (ch.u,), box[:ch.a + 1]):
+        lead = lead * size + i
+    return lead * inner, (lead + ch.v - ch.u) * inner
+
+
+def _chunks(n, box, per_pos, budget):
+    """Chunks of ``n`` samples of ``box`` with at most ``budget`` buffer elements each
+    (``per_pos`` per position, at least one position), about _CHUNK_ELEMS for the cache, and a
+    few chunks per thread for big calls. Depends only on the shapes and the budget."""
+    M = math.prod(box)
+    target = min(budget // per_pos, max(_MIN_ROWS, _CHUNK_ELEMS // per_pos),
+                 max(_MIN_ROWS // 4, -(-n * M // 8)))
     target = max(1, target)
-    merged, cur = [], None
-    for i in range(spec.n):
-        a, b = i * lay.P, i * lay.P + span
-        if cur is not None and b - cur[0] <= target:
-            cur[1] = b
-            continue
-        if cur is not None:
-            merged.append(cur)
-        cur = [a, b]
-    if cur is not None:
-        merged.append(cur)
-    return [(r0, min(r0 + target, b)) for a, b in merged for r0 in range(a, b, target)]
+    if M <= target:                                          # whole samples
+        step = max(1, target // M)
+        return [_Chunk(i, min(i + step, n), -1, (), 0, 0) for i in range(0, n, step)]
+    a, inner = len(box) - 1, 1                               # split axis: box[a+1:] fits
+    while a > 0 and inner * box[a] <= target:
+        inner *= box[a]
+        a -= 1
+    cnt = max(1, target // inner)
+    return [_Chunk(i, i + 1, a, pre, u, min(u + cnt, box[a])) for i in range(n)
+            for pre in np.ndindex(*box[:a]) for u in range(0, box[a], cnt)]
 
 
 # ------------------------------------------------------------------------- chunk parallelism
-# NumPy's element-wise work (patch copies, accumulation) is single-threaded. When threadpoolctl is
-# installed, big calls run their row chunks on a thread pool, one chunk per thread at a time with
-# single-threaded BLAS (NumPy releases the GIL inside copies, ufuncs and matmul). Without it, or
-# for small calls, chunks run one after the other with multi-threaded BLAS.
+# NumPy's element-wise work (patch copies) is single-threaded. When threadpoolctl is installed,
+# big calls run their chunks on a thread pool, one chunk per thread at a time with single-threaded
+# BLAS (NumPy releases the GIL inside copies, ufuncs and matmul). Without it, for small calls, or
+# while another call holds the pool, chunks run one after the other with the caller's BLAS.
 _PAR_MIN_FLOPS = 2e7
 _POOL = None                # (pid, size, ThreadPoolExecutor)
 _CTL = None
@@ -295,312 +365,451 @@ def _controller():
 
 
 def _max_workers(flops) -> int:
-    if not _PARALLEL or flops < _PAR_MIN_FLOPS or _controller() is None:
-        return 1
+    if not _PARALLEL or flops < _PAR_MIN_FLOPS or _controller() is None or _LOCK.locked():
+        return 1                   # (while another call runs the pool, BLAS is limited to 1 thread)
     blas = [lc.num_threads for lc in _controller().lib_controllers if lc.user_api == "blas"]
     return max(1, min(blas) if blas else 1)
 
 
 def _run(work, tasks, workers):
-    """``[work(*t) for t in tasks]``, on ``workers`` threads with single-threaded BLAS."""
-    workers = min(workers, len(tasks))
-    if workers <= 1:
-        return [work(*t) for t in tasks]
+    """``[work(i, *t) for i, t in enumerate(tasks)]``, on ``workers`` threads with
+    single-threaded BLAS (serially in the caller when the pool is busy)."""
     global _POOL, _LOCK
-    if _POOL is not None and _POOL[0] != os.getpid():    # forked child: the threads are gone
-        _POOL, _LOCK = None, threading.Lock()
-    # one parallel section at a time: the BLAS thread limit is process-wide state
-    with _LOCK, _controller().limit(limits=1, user_api="blas"):
-        if _POOL is None or _POOL[1] < workers:
-            from concurrent.futures import ThreadPoolExecutor
-            _POOL = (os.getpid(), workers,
-                     ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous"))
-        return list(_POOL[2].map(lambda t: work(*t), tasks))
-
-
-def _phase_slices(spec, lay):
-    """For each phase: (phase multi-index slices into the phase grid, slices into x)."""
-    per_axis = []
-    for m, (lo, _), s, _q_n in zip(spec.in_sizes, spec.pads, spec.stride, lay.sph):
-        opts = []
-        for r in range(s):
-            q0 = max(0, -(-(lo - r) // s))           # first phase index inside the real input
-            x0 = q0 * s + r - lo
-            cnt = len(range(x0, m, s))
-            opts.append((slice(q0, q0 + cnt), slice(x0, x0 + cnt * s if cnt else x0, s)))
-        per_axis.append(opts)
-    out = []
-    for ph_idx in np.ndindex(*spec.stride):
-        qs = tuple(per_axis[a][r][0] for a, r in enumerate(ph_idx))
-        xs = tuple(per_axis[a][r][1] for a, r in enumerate(ph_idx))
-        out.append((qs, xs))
-    return out
+    workers = min(workers, len(tasks))
+    if workers > 1:
+        if _POOL is not None and _POOL[0] != os.getpid():    # forked child: the threads are gone
+            _POOL, _LOCK = None, threading.Lock()
+        # one parallel section at a time: the BLAS thread limit is process-wide state
+        if _LOCK.acquire(blocking=False):
+            try:
+                with _controller().limit(limits=1, user_api="blas"):
+                    if _POOL is None or _POOL[1] < workers:
+                        from concurrent.futures import ThreadPoolExecutor
+                        _POOL = (os.getpid(), workers,
+                                 ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous"))
+                    return list(_POOL[2].map(lambda it: work(it[0], *it[1]), enumerate(tasks)))
+            finally:
+                _LOCK.release()
+    return [work(i, *t) for i, t in enumerate(tasks)]
 
 
 def _copy(dst, src, workers):
-    """``dst[...] = src``, split along axis 0 (channels) over the worker threads."""
-    if workers <= 1 or dst.shape[0] < 2:
+    """``dst[...] = src`` for (N, C, ...) arrays, split over the worker threads."""
+    ax = 0 if dst.shape[0] >= 2 * workers else 1
+    if workers <= 1 or dst.shape[ax] < 2:
         dst[...] = src
         return
-    step = -(-dst.shape[0] // (2 * workers))
-
-    def part(a):
-        dst[a:a + step] = src[a:a + step]
-    _run(part, [(a,) for a in range(0, dst.shape[0], step)], workers)
-
-
-def _to_phases(x, spec, lay, tail=0, workers=1):
-    """(N, C, *spatial) -> zero-padded phase layout (nph, C, N*P + tail)."""
-    c = x.shape[1]
-    buf = np.zeros((lay.nph, c, spec.n * lay.P + tail), dtype=spec.dtype)
-    grid = buf[:, :, :spec.n * lay.P].reshape((lay.nph, c, spec.n) + lay.sph)
-    xt = x.transpose((1, 0) + tuple(range(2, x.ndim)))        # (C, N, *spatial), a view
-    for ph, (qs, xs) in enumerate(_phase_slices(spec, lay)):
-        _copy(grid[(ph, slice(None), slice(None)) + qs], xt[(slice(None), slice(None)) + xs],
-              workers)
-    return buf
+    step = -(-dst.shape[ax] // (2 * workers))
+    sl = (slice(None),) * ax
+    _run(lambda i, a: dst.__setitem__(sl + (slice(a, a + step),), src[sl + (slice(a, a + step),)]),
+         [(a,) for a in range(0, dst.shape[ax], step)], workers)
 
 
-def _from_phases(buf, spec, lay, c, workers=1):
-    """Inverse of :func:`_to_phases`: phase layout (nph, C, N*P) -> (N, C, *in_sizes)."""
-    out = np.empty((spec.n, c) + spec.in_sizes, dtype=spec.dtype)
-    grid = buf.reshape((lay.nph, c, spec.n) + lay.sph)
-    ot = out.transpose((1, 0) + tuple(range(2, out.ndim)))
-    for ph, (qs, xs) in enumerate(_phase_slices(spec, lay)):
-        _copy(ot[(slice(None), slice(None)) + xs], grid[(ph, slice(None), slice(None)) + qs],
-              workers)
-    return out
+# ------------------------------------------------------------------------------------- sources
+class _Source(NamedTuple):
+    """Zero-padded grids the taps read: ``flat`` (S, N, C, prod(grid) + tail) and its view
+    ``grid`` (S, N, C, *grid); ``rs`` are the row strides of the flattened grid."""
+    flat: np.ndarray
+    grid: np.ndarray
+    rs: tuple
 
 
-def _grid_to_out(grid, spec, lay, c, workers=1):
-    """Grid (C, N*P) -> (N, C, *out_sizes), cropping the rows that are not real outputs."""
-    g = grid.reshape((c, spec.n) + lay.sph)[(slice(None), slice(None))
-                                             + tuple(slice(0, o) for o in spec.out_sizes)]
-    out = np.empty((spec.n, c) + spec.out_sizes, dtype=spec.dtype)
-    _copy(out.transpose((1, 0) + tuple(range(2, out.ndim))), g, workers)
-    return out
+def _source(shape, c, n, tail, dtype, S=1):
+    P = math.prod(shape)
+    flat = np.zeros((S, n, c, P + tail), dtype=dtype)
+    rs = tuple(math.prod(shape[a + 1:]) for a in range(len(shape)))
+    return _Source(flat, flat[..., :P].reshape((S, n, c) + tuple(shape)), rs)
 
 
-def _strategy(c_red, c_acc, groups, K, backward=False) -> str:
-    """How to contract ``c_red`` channels (per group) into ``c_acc`` ones over ``K`` taps."""
+def _tail(src_shape, jobs):
+    """Elements past the flat grid that the flat windows of ``jobs`` may read."""
+    rs = [math.prod(src_shape[a + 1:]) for a in range(len(src_shape))]
+    P = math.prod(src_shape)
+    tail = 0
+    for job in jobs:
+        if job.flat:
+            span = sum((b - 1) * r for b, r in zip(job.box, rs)) + 1
+            for _, starts in job.taps:
+                tail = max(tail, sum(st * r for st, r in zip(starts, rs)) + span - P)
+    return tail
+
+
+def _phase_source(x, spec, plan, tail, workers):
+    """x (N, C_in, *in) -> its used stride phases over the read span, zero-padded."""
+    src = _source(plan.sph, spec.c_in, spec.n, tail, spec.dtype, S=math.prod(plan.nres))
+    for ph, combo in enumerate(np.ndindex(*plan.nres)):
+        qs, xs = [], []
+        for ax, r, s in zip(plan.axes, combo, spec.stride):
+            q0, q1, i0 = ax.fill[r]
+            qs.append(slice(q0, q1))
+            xs.append(slice(i0, i0 + s * (q1 - q0), s))
+        if all(q.stop > q.start for q in qs):
+            _copy(src.grid[ph][(slice(None), slice(None)) + tuple(qs)],
+                  x[(slice(None), slice(None)) + tuple(xs)], workers)
+    return src
+
+
+def _finite(a) -> bool:
+    """True when every value of ``a`` is finite (a sum is finite only then; an overflowing sum
+    only makes us take the exact path)."""
+    return bool(np.isfinite(np.sum(a)))
+
+
+# -------------------------------------------------------------------------------- gather + GEMM
+class _Job(NamedTuple):
+    """``dst[:, :, origin + step*q] (+)= sum_t wt[t] @ src[sidx_t, :, :, starts_t + q]``, q in box."""
+    taps: list       # (source index, starts per axis)
+    wt: np.ndarray   # (T, G, c_dst/g, c_src/g)
+    box: tuple
+    origin: tuple    # dst index of box position 0, per axis
+    step: tuple      # dst index step, per axis
+    how: str         # "im2col" or "elementwise"
+    flat: bool       # windows are flat slices (with the padding columns) instead of crops
+
+
+def _waste(box, rs):
+    """Upper bound of flat-window length / positions, over every chunk shape."""
+    return max(rs[a] / math.prod(box[a + 1:]) for a in range(len(box)))
+
+
+def _use_flat(box, rs, allowed=True):
+    if not allowed or len(box) < 2:
+        return False
+    if _FORCE_MODE is not None:
+        return _FORCE_MODE == "flat"
+    # short lines make cropped windows slow to copy; a flat slice carries the padding columns
+    return box[-1] < 64 and _waste(box, rs) <= 1.6
+
+
+def _strategy(c_red, c_acc, groups) -> str:
+    """How to contract ``c_red`` channels (per group) into ``c_acc`` ones."""
     if _FORCE is not None:
         return _FORCE
-    if c_red == 1 and c_acc == 1 and groups > 1:
-        return "elementwise"
-    # im2col copies K*c_red values per row (in cache, on every thread) for one GEMM that reduces
-    # over K*c_red; per-tap GEMMs reduce over c_red only and move about 3*K*c_acc values per row.
-    # Measured with benchmarks/engine.py --strategy (noisy, shared machine): im2col won or tied
-    # on every forward shape; for dL/dx per-tap GEMMs won once c_red >= 16 and c_red is not much
-    # smaller than c_acc.
-    if not backward or c_red * 2 <= c_acc or c_red < 16:
-        return "im2col"
-    return "tap"
+    # depthwise: a broadcast multiply-add per tap beats a batch of 1-row GEMMs
+    return "elementwise" if c_red == 1 and c_acc == 1 and groups > 1 else "im2col"
 
 
-def _weights(weight, spec):
-    """weight (C_out, C_in//g, *k) -> per tap (K, G, C_out//g, C_in//g), compute dtype."""
-    G, K = spec.groups, math.prod(spec.kernel)
-    w = weight.astype(spec.dtype, copy=False).reshape(G, spec.c_out // G, spec.c_in // G, K)
-    return np.ascontiguousarray(w.transpose(3, 0, 1, 2))
+
+def _sub_rs(ch, box, rs):
+    """Flat-grid strides of the chunk's sub-box axes."""
+    return tuple(rs[len(box) - len(_sub(ch, box)):])
 
 
-def _flops(spec):
-    return 2 * spec.n * math.prod(spec.out_sizes) * spec.c_out * (spec.c_in // spec.groups) \
-        * math.prod(spec.kernel)
+def _span(ch, box, rs):
+    """Length of a flat window covering the chunk."""
+    return sum((b - 1) * r for b, r in zip(_sub(ch, box), _sub_rs(ch, box, rs))) + 1
 
 
-def _accumulate(acc, terms, elementwise):
-    """acc = sum of w @ v (or w * v) over ``terms`` = [(w, v), ...], with one temporary."""
-    op = np.multiply if elementwise else np.matmul
-    tmp = np.empty(acc.shape, dtype=acc.dtype) if len(terms) > 1 else None
-    for i, (w, v) in enumerate(terms):
-        op(w, v, out=acc if i == 0 else tmp)
-        if i:
-            np.add(acc, tmp, out=acc)
+def _window(src, sidx, starts, ch, box, groups, flat):
+    """The view a tap reads for chunk ``ch``: (nn, G, c/g, *sub), or (nn, G, c/g, span) flat."""
+    n_sl = slice(ch.n0, ch.n1)
+    if flat:
+        lead = [0] * len(box) if ch.a < 0 else list(ch.prefix) + [ch.u] + [0] * (len(box) - ch.a - 1)
+        base = sum((st + i) * r for st, i, r in zip(starts, lead, src.rs))
+        w = src.flat[sidx, n_sl, :, base:base + _span(ch, box, src.rs)]
+    else:
+        idx = []
+        for b, st in enumerate(starts):
+            if ch.a < 0 or b > ch.a:
+                idx.append(slice(st, st + box[b]))
+            elif b < ch.a:
+                idx.append(st + ch.prefix[b])
+            else:
+                idx.append(slice(st + ch.u, st + ch.v))
+        w = src.grid[(sidx, n_sl, slice(None)) + tuple(idx)]
+    return w.reshape((w.shape[0], groups, w.shape[1] // groups) + w.shape[2:])
+
+
+def _box_view(arr, origin, step, box, ch, groups):
+    """The chunk's part of ``arr`` (N, C, *space) whose box position q sits at origin + step*q:
+    (nn, G, C/g, *sub)."""
+    idx = []
+    for b, (o, s) in enumerate(zip(origin, step)):
+        if ch.a < 0 or b > ch.a:
+            idx.append(slice(o, o + s * box[b], s))
+        elif b < ch.a:
+            idx.append(o + s * ch.prefix[b])
+        else:
+            idx.append(slice(o + s * ch.u, o + s * ch.v, s))
+    v = arr[(slice(ch.n0, ch.n1), slice(None)) + tuple(idx)]
+    return v.reshape((v.shape[0], groups, v.shape[1] // groups) + v.shape[2:])
+
+
+def _crop_view(seg, ch, box, rs, writeable=False):
+    """The real positions of a flat-window array seg (..., span) as (..., *sub)."""
+    isz = seg.itemsize
+    return np.lib.stride_tricks.as_strided(
+        seg, shape=seg.shape[:-1] + _sub(ch, box),
+        strides=seg.strides[:-1] + tuple(r * isz for r in _sub_rs(ch, box, rs)), writeable=writeable)
+
+
+def _fill_patch(pv, src, taps, ch, box, groups, flat, transpose=False):
+    """pv (nn, G, T, c/g, ...) -- or (G, T, c/g, nn, ...) if ``transpose`` -- = the tap windows."""
+    for t, (sidx, starts) in enumerate(taps):
+        w = _window(src, sidx, starts, ch, box, groups, flat)
+        if transpose:
+            pv[:, t] = w.transpose((1, 2, 0) + tuple(range(3, w.ndim)))
+        else:
+            pv[:, :, t] = w
+
+
+def _limit(workers, buffers, budget):
+    """Threads such that the chunks running at once stay within the budget (elements)."""
+    return max(1, min(workers, budget // max(1, max(buffers, default=1))))
+
+
+def _gather(src, jobs, dst, spec, groups, workers):
+    """Run the jobs (see _Job): each chunk of each job's box is written once, by one GEMM (or one
+    fixed sequence of multiply-adds), so the result does not depend on the scheduling."""
+    isz = spec.dtype.itemsize
+    budget = max(1, spec.budget // isz)                            # elements
+    tasks, buffers, wmats = [], [], []
+    for ji, job in enumerate(jobs):
+        T, _, cdg, csg = job.wt.shape
+        cd, cs = cdg * groups, csg * groups
+        direct = (not job.flat and all(s == 1 for s in job.step) and all(o == 0 for o in job.origin)
+                  and tuple(job.box) == dst.shape[2:])
+        if job.how == "elementwise":
+            per = cd                                               # one product buffer
+        elif job.flat:
+            per = math.ceil((T * cs + cd) * _waste(job.box, src.rs))   # patch + result
+        else:
+            per = T * cs + (0 if direct else cd)                   # patch (+ result)
+        for ch in _chunks(spec.n, job.box, per, budget):
+            tasks.append((job, ch, direct, ji))
+            buffers.append(per * (ch.n1 - ch.n0) * math.prod(_sub(ch, job.box)))
+        wmats.append(np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3)).reshape(
+            job.wt.shape[1], cdg, T * csg))                        # (G, c_dst/g, T*c_src/g)
+    dflat = dst.reshape(dst.shape[0], groups, dst.shape[1] // groups, -1)
+
+    def work(i, job, ch, direct, ji):
+        T, _, cdg, csg = job.wt.shape
+        nn, sub = ch.n1 - ch.n0, _sub(ch, job.box)
+        dv = _box_view(dst, job.origin, job.step, job.box, ch, groups)   # (nn, G, c_dst/g, *sub)
+        if job.how == "elementwise":       # dv = sum over taps and channels of w * window
+            tmp = np.empty(dv.shape, dtype=dv.dtype)
+            first = True
+            for t, (sidx, starts) in enumerate(job.taps):
+                w = _window(src, sidx, starts, ch, job.box, groups, False)
+                for c in range(csg):
+                    wv = job.wt[t, :, :, c].reshape((1, groups, cdg) + (1,) * len(sub))
+                    np.multiply(wv, w[:, :, c:c + 1], out=dv if first else tmp)
+                    if not first:
+                        np.add(dv, tmp, out=dv)
+                    first = False
+            return
+        if job.flat:                       # GEMM over the flat windows, then drop the padding
+            span = _span(ch, job.box, src.rs)
+            patch = np.empty((nn, groups, T * csg, span), dtype=spec.dtype)
+            _fill_patch(patch.reshape(nn, groups, T, csg, span), src, job.taps, ch, job.box,
+                        groups, True)
+            seg = np.empty((nn, groups, cdg, span), dtype=spec.dtype)
+            np.matmul(wmats[ji], patch, out=seg)
+            dv[...] = _crop_view(seg, ch, job.box, src.rs)
+            return
+        R = math.prod(sub)
+        patch = np.empty((nn, groups, T * csg) + sub, dtype=spec.dtype)
+        _fill_patch(patch.reshape((nn, groups, T, csg) + sub), src, job.taps, ch, job.box, groups,
+                    False)
+        patch = patch.reshape(nn, groups, T * csg, R)
+        if direct:                         # the GEMM writes straight into the result
+            r0, r1 = _flat_range(ch, job.box)
+            np.matmul(wmats[ji], patch, out=dflat[ch.n0:ch.n1, :, :, r0:r1])
+        else:
+            out = np.empty((nn, groups, cdg, R), dtype=spec.dtype)
+            np.matmul(wmats[ji], patch, out=out)
+            dv[...] = out.reshape(dv.shape)
+
+    _run(work, tasks, _limit(workers, buffers, budget))
 
 
 # -------------------------------------------------------------------------------------- forward
+def _live_weights(weight, spec, plan):
+    """weight (C_out, C_in/g, *k) -> (T, G, C_out/g, C_in/g) over the live taps, compute dtype."""
+    G = spec.groups
+    w = weight.astype(spec.dtype, copy=False).reshape(G, spec.c_out // G, spec.c_in // G, -1)
+    return np.ascontiguousarray(w[..., [t[0] for t in plan.taps]].transpose(3, 0, 1, 2))
+
+
+def _flops(spec, plan=None):
+    T = len(plan.taps) if plan is not None else math.prod(spec.kernel)
+    return 2 * spec.n * math.prod(spec.out_sizes) * spec.c_out * (spec.c_in // spec.groups) * T
+
+
 def _forward(x, weight, spec):
-    """Core forward on validated arrays: returns (N, C_out, *out) in the compute dtype.
+    """Core forward on validated arrays: (N, C_out, *out) in the compute dtype.
 
-    ``y[:, row] = sum_j W_j @ xph[phase_j, :, row + off_j]`` on each chunk of grid rows.
+    ``y[n, :, t] = sum_j W_j @ phase_j[n, :, t + qoff_j]`` over the live taps, chunk by chunk.
     """
-    G, K = spec.groups, math.prod(spec.kernel)
-    cgi, cgo = spec.c_in // G, spec.c_out // G
-    lay = _layout(spec)
-    how = _strategy(cgi, cgo, G, K)
-    workers = _max_workers(_flops(spec))
-    wt = _weights(weight, spec)                                         # (K, G, C_out/g, C_in/g)
-    if how == "im2col":
-        # tail rows read past the grid by the window views (one plane for _forward_planes)
-        tail = max(max(off for _, off in lay.taps), lay.rs[0])
-        xph = _to_phases(x, spec, lay, tail, workers).reshape(lay.nph, G, cgi, -1)
-        if len(spec.kernel) == 3 and spec.out_sizes[2] < 64:
-            # short lines make the cropped windows slow to copy: keep the padded line ends
-            rows_cap = spec.budget // (workers * K * spec.c_in * spec.dtype.itemsize)
-            return _forward_planes(xph, wt, spec, lay, rows_cap, workers)
-        return _forward_im2col(xph, wt, spec, lay, workers)
-    xph = _to_phases(x, spec, lay, 0, workers).reshape(lay.nph, G, cgi, -1)
-    row_elems = 2 * spec.c_out                                          # buffers per row
-    tasks = _tasks(spec, lay, row_elems, spec.budget // (workers * row_elems * spec.dtype.itemsize),
-                   workers)
-    y = np.empty((G, cgo, spec.n * lay.P), dtype=spec.dtype)            # output on the grid
-
-    def work(r0, r1):                                                   # acc: (G, C_out/g, R)
-        _accumulate(y[:, :, r0:r1], [(wt[t], xph[ph, :, :, r0 + off:r1 + off])
-                                     for t, (ph, off) in enumerate(lay.taps)],
-                    how == "elementwise" and cgi == 1)
-    _run(work, tasks, workers)
-    return _grid_to_out(y.reshape(spec.c_out, -1), spec, lay, spec.c_out, workers)
-
-
-def _forward_im2col(xph, wt, spec, lay, workers):
-    """im2col straight into the output: a chunk is a block of output lines (axis 0) of one
-    sample, or whole samples; its patch holds only real output positions, and the GEMM writes
-    into the returned ``(N, C_out, *out)`` array, so no padding rows are computed or cropped.
-
-    For tap ``j`` the window of the chunk is the phase grid seen at row offset ``off_j``:
-    ``xph[phase_j, :, n*P + off_j:].reshape(*sph)[t0 range, :out1, :out2]``.
-    """
-    G, K = spec.groups, math.prod(spec.kernel)
-    cgi, cgo = spec.c_in // G, spec.c_out // G
-    out = spec.out_sizes
-    M1 = math.prod(out[1:])                            # outputs per line of axis 0
-    M = out[0] * M1                                    # outputs per sample
-    wm = np.ascontiguousarray(wt.transpose(1, 2, 0, 3).reshape(G, 1, cgo, K * cgi))
-    y = np.empty((spec.n, spec.c_out) + out, dtype=spec.dtype)
-    per_pos = K * spec.c_in                            # patch elements per output position
-    target = min(spec.budget // (workers * per_pos * spec.dtype.itemsize),
-                 max(_MIN_ROWS, _CHUNK_ELEMS // per_pos))
-    if workers > 1:
-        target = min(target, max(_MIN_ROWS // 4, -(-spec.n * M // (3 * workers))))
-    if M <= target:                                    # whole samples per chunk
-        nn = max(1, target // M)
-        tasks = [(n, min(n + nn, spec.n), 0, out[0]) for n in range(0, spec.n, nn)]
-    else:                                              # blocks of lines (at least one line)
-        cnt = max(1, target // M1)
-        tasks = [(n, n + 1, a, min(a + cnt, out[0])) for n in range(spec.n)
-                 for a in range(0, out[0], cnt)]
-    crop = tuple(slice(0, o) for o in out[1:])
-
-    def work(n0, n1, a, b):
-        nn = n1 - n0
-        patch = np.empty((G, nn, K * cgi, b - a) + out[1:], dtype=spec.dtype)
-        for t, (ph, off) in enumerate(lay.taps):
-            win = xph[ph, :, :, n0 * lay.P + off:n1 * lay.P + off]
-            win = win.reshape((G, cgi, nn) + lay.sph)[(Ellipsis, slice(a, b)) + crop]
-            patch[:, :, t * cgi:(t + 1) * cgi] = win.transpose((0, 2, 1) + tuple(range(3, win.ndim)))
-        dst = y[n0:n1].reshape(nn, G, cgo, M)[:, :, :, a * M1:b * M1]    # (nn, G, C_out/g, R)
-        np.matmul(wm, patch.reshape(G, nn, K * cgi, (b - a) * M1), out=dst.transpose(1, 0, 2, 3))
-
-    _run(work, tasks, workers)
+    G = spec.groups
+    plan = _plan(spec)
+    y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
+    if plan.taps:
+        workers = _max_workers(_flops(spec, plan))
+        rs = tuple(math.prod(plan.sph[a + 1:]) for a in range(len(plan.sph)))
+        how = _strategy(spec.c_in // G, spec.c_out // G, G)
+        job = _Job([(ph, st) for _, ph, st in plan.taps], _live_weights(weight, spec, plan),
+                   spec.out_sizes, (0,) * len(spec.out_sizes), (1,) * len(spec.out_sizes), how,
+                   how == "im2col" and _use_flat(spec.out_sizes, rs))
+        src = _phase_source(x, spec, plan, _tail(plan.sph, [job]), workers)
+        _gather(src, [job], y, spec, G, workers)
+    if plan.dead:                  # dead taps multiply padding zeros: 0, or NaN for a non-finite w
+        w = weight.reshape(weight.shape[0], weight.shape[1], -1)[:, :, list(plan.dead)]
+        if not _finite(w):
+            y += (w.astype(spec.dtype) * 0).sum(axis=(1, 2)).reshape((-1,) + (1,) * len(spec.kernel))
     return y
 
 
-def _forward_planes(xph, wt, spec, lay, rows_cap, workers):
-    """3-D im2col forward that skips the padded lines between output planes.
-
-    On the flat grid the outputs of plane ``(n, t0)`` occupy ``L = (out1-1)*rs1 + out2`` rows
-    starting at ``n*P + t0*rs0``; a chunk stacks a few such segments (one strided view per tap),
-    so the GEMM sees no rows from the padding margins of axis 1.
-    """
-    G, K = spec.groups, math.prod(spec.kernel)
-    cgi, cgo = spec.c_in // G, spec.c_out // G
-    (o0, o1, o2), rs0, rs1 = spec.out_sizes, lay.rs[0], lay.rs[1]
-    L = (o1 - 1) * rs1 + o2
-    wm = np.ascontiguousarray(wt.transpose(1, 2, 0, 3).reshape(G, cgo, K * cgi))
-    y = np.empty((G, cgo, spec.n * o0 * L), dtype=spec.dtype)     # (G, C_out/g, N*out0*L)
-    target = max(1, min(rows_cap, max(8 * _MIN_ROWS, _CHUNK_ELEMS // (K * spec.c_in))))
-    if workers > 1:
-        target = min(target, max(_MIN_ROWS // 4, -(-spec.n * o0 * L // (3 * workers))))
-    per = max(1, target // L)                                        # planes per chunk
-    tasks = [(n, a, min(a + per, o0)) for n in range(spec.n) for a in range(0, o0, per)]
-
-    def work(n, a, b):
-        cnt, base = b - a, n * lay.P + a * rs0
-        patch = np.empty((G, K * cgi, cnt, L), dtype=spec.dtype)        # (G, K*C_in/g, planes, L)
-        for t, (ph, off) in enumerate(lay.taps):
-            seg = xph[ph, :, :, base + off:base + off + cnt * rs0]       # (G, C_in/g, cnt*rs0)
-            patch[:, t * cgi:(t + 1) * cgi] = seg.reshape(G, cgi, cnt, rs0)[..., :L]
-        np.matmul(wm, patch.reshape(G, K * cgi, cnt * L),
-                  out=y[:, :, (n * o0 + a) * L:(n * o0 + b) * L])
-
-    _run(work, tasks, workers)
-    isz = spec.dtype.itemsize
-    ys = np.lib.stride_tricks.as_strided(                           # (C_out, N, out0, out1, out2)
-        y, shape=(spec.c_out, spec.n, o0, o1, o2),
-        strides=(spec.n * o0 * L * isz, o0 * L * isz, L * isz, rs1 * isz, isz), writeable=False)
-    return ys.transpose(1, 0, 2, 3, 4).copy()
-
-
 # ------------------------------------------------------------------------------------- backward
-def _backward(gy, x, weight, spec, want_x=True, want_w=True):
-    """(dL/dx, dL/dW) for dL/dy = gy (see the module docstring), either may be skipped.
+def _grad_input(gy, weight, spec, plan):
+    """dL/dx (N, C_in, *in) for dL/dy = gy (N, C_out, *out): the transposed convolution, one
+    gather per input phase (see the module docstring). Non-finite weights: see _grad_input_nonfinite."""
+    if plan.taps and not _finite(weight):
+        return _grad_input_nonfinite(gy, weight, spec, plan)
+    G = spec.groups
+    gx = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
+    if not plan.taps:
+        return gx
+    workers = _max_workers(_flops(spec, plan))
+    wt = _live_weights(weight, spec, plan).transpose(0, 1, 3, 2)     # (T, G, C_in/g, C_out/g)
+    how = _strategy(spec.c_out // G, spec.c_in // G, G)
+    # per axis and phase r: box = grid slots [q0, q1) holding real inputs; slot q of tap j reads
+    # g[q - qoff_j]: g is zero-padded by `front` (and `back`) so that every window is in range
+    front, back = [], []
+    for ax, o in zip(plan.axes, spec.out_sizes):
+        lo_need = [ax.qoff[i] - ax.fill[ax.res[i]][0] for i in range(len(ax.live))
+                   if ax.fill[ax.res[i]][1] > ax.fill[ax.res[i]][0]]
+        hi_need = [ax.fill[ax.res[i]][1] - ax.qoff[i] - o for i in range(len(ax.live))
+                   if ax.fill[ax.res[i]][1] > ax.fill[ax.res[i]][0]]
+        front.append(max([0] + lo_need))
+        back.append(max([0] + hi_need))
+    gshape = tuple(o + f + b for o, f, b in zip(spec.out_sizes, front, back))
+    grs = tuple(math.prod(gshape[a + 1:]) for a in range(len(gshape)))
+    jobs = []
+    for ph, combo in enumerate(np.ndindex(*plan.nres)):
+        fills = [ax.fill[r] for ax, r in zip(plan.axes, combo)]
+        box = tuple(q1 - q0 for q0, q1, _ in fills)
+        sel = [t for t, tap in enumerate(plan.taps) if tap[1] == ph]
+        if not sel or min(box) < 1:
+            continue
+        taps = [(0, tuple(f[0] - st + fr for f, st, fr in zip(fills, plan.taps[t][2], front)))
+                for t in sel]
+        jobs.append(_Job(taps, wt[sel], box, tuple(f[2] for f in fills), spec.stride, how,
+                         how == "im2col" and _use_flat(box, grs)))
+    if not jobs:
+        return gx
+    src = _source(gshape, spec.c_out, spec.n, _tail(gshape, jobs), spec.dtype)
+    _copy(src.grid[0][(slice(None), slice(None)) + tuple(slice(f, f + o) for f, o in
+                                                         zip(front, spec.out_sizes))],
+          gy, workers)
+    _gather(src, jobs, gx, spec, G, workers)
+    return gx
 
-    dL/dx is computed as a *gather* (the forward with roles swapped), so that every row of the
-    result is written by one chunk: ``dx[phase p, row] = sum_{j in p} W_j^T gy[row - off_j]``.
+
+def _grad_input_nonfinite(gy, weight, spec, plan):
+    """dL/dx with non-finite weights, exactly as PyTorch: only products of a weight with a real
+    output gradient exist. The finite part of the weight runs the normal path; each non-finite
+    weight adds NaN or +-inf wherever one of its real products is NaN or +-inf, which is decided
+    by exact counts (transposed convolutions of 0/1 arrays with 0/1 weights):
+
+        w NaN            -> NaN for any g          w = +-inf -> NaN for g = 0 or NaN,
+                                                              +-inf * sign(g) otherwise
     """
+    w = weight.astype(spec.dtype, copy=False)
+    fin = np.isfinite(w)
+    gx = _grad_input(gy, np.where(fin, w, 0), spec, plan)
+    G = spec.groups
+
+    def pair(g1, w1, g2, w2):      # counts of the products g1*w1 + g2*w2 (2x the channels)
+        gg = np.concatenate([g1.reshape((spec.n, G, -1) + g1.shape[2:]),
+                             g2.reshape((spec.n, G, -1) + g2.shape[2:])], axis=2)
+        ww = np.concatenate([w1.reshape((G, -1) + w1.shape[1:]), w2.reshape((G, -1) + w2.shape[1:])],
+                            axis=1)
+        s2 = spec._replace(c_out=2 * spec.c_out)
+        return _grad_input(gg.reshape((spec.n, -1) + gy.shape[2:]).astype(spec.dtype),
+                           ww.reshape((-1,) + w.shape[1:]).astype(spec.dtype), s2, plan) > 0
+
+    isnan, pinf, minf = np.isnan(w), w == np.inf, w == -np.inf
+    pos, neg = gy > 0, gy < 0
+    zero = ~(pos | neg)                                          # 0 or NaN
+    nan = pair(np.ones(gy.shape, bool), isnan, zero, pinf | minf)
+    up = pair(pos, pinf, neg, minf)
+    down = pair(neg, pinf, pos, minf)
+    corr = np.zeros(gx.shape, dtype=spec.dtype)
+    corr[up] = np.inf
+    corr[down] = -np.inf
+    corr[nan | (up & down)] = np.nan
+    gx += corr
+    return gx
+
+
+def _grad_weight(gy, x, spec, plan, gb):
+    """dL/dW (C_out, C_in/g, *k): sum over chunks of gy_chunk @ patch_chunk^T (the forward's
+    patch), added to one accumulator in chunk order; one partial buffer per worker thread."""
     G, K = spec.groups, math.prod(spec.kernel)
     cgi, cgo = spec.c_in // G, spec.c_out // G
-    isz = spec.dtype.itemsize
-    lay = _layout(spec)
-    workers = _max_workers(_flops(spec))
-    front = max(off for _, off in lay.taps)            # zero rows before the grid: row - off >= 0
-    gyp = np.zeros((spec.c_out, front + spec.n * lay.P), dtype=spec.dtype)
-    view = gyp[:, front:].reshape((spec.c_out, spec.n) + lay.sph)
-    # gy may cover fewer outputs than the grid allows (conv_transpose's output_padding)
-    _copy(view[(slice(None), slice(None)) + tuple(slice(0, o) for o in gy.shape[2:])],
-          gy.transpose((1, 0) + tuple(range(2, gy.ndim))), workers)
-    gyp = gyp.reshape(G, cgo, -1)                      # (G, C_out/g, front + rows)
-    wt = _weights(weight, spec)                        # (K, G, C_out/g, C_in/g)
-    gx = gw = None
-    if want_x:
-        wT = np.ascontiguousarray(wt.transpose(0, 1, 3, 2))              # (K, G, C_in/g, C_out/g)
-        by_phase = [[(t, off) for t, (ph, off) in enumerate(lay.taps) if ph == p]
-                    for p in range(lay.nph)]
-        how = _strategy(cgo, cgi, G, K, backward=True)
-        kmax = max(len(b) for b in by_phase)
-        row_elems = kmax * spec.c_out if how == "im2col" else 2 * spec.c_in
-        dx = np.empty((lay.nph, G, cgi, spec.n * lay.P), dtype=spec.dtype)
-        for p, taps in enumerate(by_phase):
-            if not taps:                               # no tap lands on this phase
-                dx[p] = 0
-        rng = _tasks(spec, lay, row_elems, spec.budget // (workers * row_elems * isz), workers,
-                     whole=True)
-        tasks = [(p, r0, r1) for p, taps in enumerate(by_phase) if taps for r0, r1 in rng]
-        if how == "im2col":
-            wm = [np.concatenate([wT[t] for t, _ in taps], axis=-1) if taps else None
-                  for taps in by_phase]                                  # (G, C_in/g, Kp*C_out/g)
+    gw = np.zeros((G, cgo, cgi, K), dtype=spec.dtype)
+    if plan.taps:
+        workers = _max_workers(_flops(spec, plan))
+        out = spec.out_sizes
+        rs = tuple(math.prod(plan.sph[a + 1:]) for a in range(len(plan.sph)))
+        taps = [(ph, st) for _, ph, st in plan.taps]
+        T = len(taps)
+        flat = _use_flat(out, rs)
+        job = _Job(taps, None, out, None, None, "im2col", flat)
+        src = _phase_source(x, spec, plan, _tail(plan.sph, [job]), workers)
+        if flat and not _finite(src.flat):
+            flat = False           # flat windows would multiply non-finite inputs by zeros
+        isz = spec.dtype.itemsize
+        budget = max(1, spec.budget // isz)
+        per = T * spec.c_in + spec.c_out
+        if flat:
+            per = math.ceil(per * _waste(out, rs))
+        chunks = _chunks(spec.n, out, per, budget)
+        buffers = [per * (c.n1 - c.n0) * math.prod(_sub(c, out)) for c in chunks]
+        acc = np.zeros((G, cgo, T * cgi), dtype=spec.dtype)
+        local = threading.local()
+        turn = threading.Condition()
+        done = [0]
 
-            def work(p, r0, r1):
-                taps = by_phase[p]
-                patch = np.empty((G, len(taps) * cgo, r1 - r0), dtype=spec.dtype)
-                for i, (_, off) in enumerate(taps):
-                    patch[:, i * cgo:(i + 1) * cgo] = gyp[:, :, front + r0 - off:front + r1 - off]
-                np.matmul(wm[p], patch, out=dx[p, :, :, r0:r1])
-        else:
-            def work(p, r0, r1):                                        # acc: (G, C_in/g, R)
-                _accumulate(dx[p, :, :, r0:r1],
-                            [(wT[t], gyp[:, :, front + r0 - off:front + r1 - off])
-                             for t, off in by_phase[p]], how == "elementwise" and cgo == 1)
-        _run(work, tasks, workers)
-        gx = _from_phases(dx.reshape(lay.nph, spec.c_in, -1), spec, lay, spec.c_in, workers)
-    if want_w:
-        xph = _to_phases(x, spec, lay, 0, workers).reshape(lay.nph, G, cgi, -1)
+        def work(i, ch):
+            nn, sub = ch.n1 - ch.n0, _sub(ch, out)
+            gv = _box_view(gy, (0,) * len(out), (1,) * len(out), out, ch, G)   # (nn, G, C_out/g, *sub)
+            if flat:
+                span = _span(ch, out, rs)
+                patch = np.empty((G, T, cgi, nn, span), dtype=spec.dtype)
+                g = np.zeros((G, cgo, nn, span), dtype=spec.dtype)   # zeros off the real outputs
+                _crop_view(g, ch, out, rs, writeable=True)[...] = gv.transpose(
+                    (1, 2, 0) + tuple(range(3, gv.ndim)))
+                L = nn * span
+            else:
+                patch = np.empty((G, T, cgi, nn) + sub, dtype=spec.dtype)
+                L = nn * math.prod(sub)
+                if nn == 1:
+                    r0, r1 = _flat_range(ch, out)
+                    g = gy[ch.n0].reshape(G, cgo, -1)[:, :, r0:r1]
+                else:
+                    g = np.empty((G, cgo, nn) + sub, dtype=spec.dtype)
+                    g[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
+            _fill_patch(patch, src, taps, ch, out, G, flat, transpose=True)
+            part = getattr(local, "part", None)
+            if part is None:
+                part = local.part = np.empty((G, cgo, T * cgi), dtype=spec.dtype)
+            np.matmul(g.reshape(G, cgo, L), patch.reshape(G, T * cgi, L).transpose(0, 2, 1), out=part)
+            with turn:                 # fixed reduction order: chunk i is added i-th
+                turn.wait_for(lambda: done[0] == i)
+                np.add(acc, part, out=acc)
+                done[0] += 1
+                turn.notify_all()
 
-        def work(r0, r1):           # dW_j += gy[rows] @ x[rows + off_j]^T, reduced over rows
-            dw = np.zeros((K, G, cgo, cgi), dtype=spec.dtype)
-            tmp = np.empty((G, cgo, cgi), dtype=spec.dtype)
-            g = gyp[:, :, front + r0:front + r1]
-            for t, (ph, off) in enumerate(lay.taps):
-                np.matmul(g, xph[ph, :, :, r0 + off:r1 + off].transpose(0, 2, 1), out=tmp)
-                dw[t] += tmp
-            return dw
-        tasks = _tasks(spec, lay, spec.c_in + spec.c_out, 1 << 62, workers)
-        dw = sum(_run(work, tasks, workers))
-        # (K, G, C_out/g, C_in/g) -> (C_out, C_in/g, *k)
-        gw = dw.transpose(1, 2, 3, 0).reshape((spec.c_out, cgi) + spec.kernel)
-    return gx, gw
+        _run(work, [(c,) for c in chunks], _limit(workers, buffers, budget))
+        gw[..., [t[0] for t in plan.taps]] = acc.reshape(G, cgo, T, cgi).transpose(0, 1, 3, 2)
+    if plan.dead:                  # dead taps: sum of g * 0, NaN where g has a non-finite value
+        gwv = gw.reshape(spec.c_out, cgi, K)
+        for o in np.flatnonzero(~np.isfinite(gb)):      # (a finite sum has only finite terms)
+            if not np.isfinite(gy[:, o]).all():
+                gwv[o][:, list(plan.dead)] = np.nan
+    return gw.reshape((spec.c_out, cgi) + spec.kernel)
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -615,7 +824,8 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, cau
     ``"same"`` (``out = ceil(n / stride)``), ``"causal"`` (all padding before on ``causal_axes``)
     or ``"full"`` -- see :func:`atrous.geometry.resolve_padding`. float32/float64 are preserved;
     float16 is computed in float32 and returned as float16. ``memory_budget`` (bytes) caps the
-    chunk buffers for this call (default :func:`get_memory_budget`).
+    work buffers for this call (default :func:`get_memory_budget`). NaN and inf propagate as in
+    PyTorch; the cost follows the output size, not the stride or dilation.
 
     Dilated convolutions: Yu & Koltun (ICLR 2016); DeepLab's atrous convolution (Chen et al. 2017).
 
@@ -630,13 +840,14 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, cau
     """
     spec, x, weight, bias = _spec(x, weight, bias, stride, padding, dilation, groups, causal_axes,
                                   memory_budget)
-    if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
-        y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
-    else:
-        y = _forward(x, weight, spec)
-    if bias is not None:
-        y += bias.astype(spec.dtype).reshape((-1,) + (1,) * len(spec.kernel))
-    return y.astype(spec.out_dtype, copy=False)
+    with np.errstate(all="ignore"):
+        if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
+            y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
+        else:
+            y = _forward(x, weight, spec)
+        if bias is not None:
+            y += bias.astype(spec.dtype).reshape((-1,) + (1,) * len(spec.kernel))
+        return y.astype(spec.out_dtype, copy=False)
 
 
 def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
@@ -661,13 +872,14 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
     """
     spec, x, weight, bias = _spec(x, weight, bias, stride, padding, dilation, groups, (0,),
                                   memory_budget, transposed=True, output_padding=output_padding)
-    if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
-        y = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
-    else:
-        y, _ = _backward(x.astype(spec.dtype, copy=False), None, weight, spec, want_w=False)
-    if bias is not None:
-        y += bias.astype(spec.dtype).reshape((-1,) + (1,) * len(spec.kernel))
-    return y.astype(spec.out_dtype, copy=False)
+    with np.errstate(all="ignore"):
+        if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
+            y = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
+        else:
+            y = _grad_input(x.astype(spec.dtype, copy=False), weight, spec, _plan(spec))
+        if bias is not None:
+            y += bias.astype(spec.dtype).reshape((-1,) + (1,) * len(spec.kernel))
+        return y.astype(spec.out_dtype, copy=False)
 
 
 def conv_grad(grad_output, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -700,12 +912,15 @@ def conv_grad(grad_output, x, weight, bias=None, stride=1, padding=0, dilation=1
                          f"grad_output.shape={gy.shape}")
     dt = np.result_type(spec.out_dtype, gy.dtype)
     spec = spec._replace(out_dtype=dt, dtype=np.dtype(np.float32) if dt == np.float16 else dt)
-    gy = gy.astype(spec.dtype, copy=False)
-    gb = gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
-    if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
-        gx = np.zeros(x.shape, dtype=spec.dtype)
-        gw = np.zeros(weight.shape, dtype=spec.dtype)
-    else:
-        gx, gw = _backward(gy, x, weight, spec)
-    return (gx.astype(spec.out_dtype, copy=False), gw.astype(spec.out_dtype, copy=False),
-            gb.astype(spec.out_dtype, copy=False))
+    with np.errstate(all="ignore"):
+        gy = gy.astype(spec.dtype, copy=False)
+        gb = gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
+        if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
+            gx = np.zeros(x.shape, dtype=spec.dtype)
+            gw = np.zeros(weight.shape, dtype=spec.dtype)
+        else:
+            plan = _plan(spec)
+            gx = _grad_input(gy, weight, spec, plan)
+            gw = _grad_weight(gy, x.astype(spec.dtype, copy=False), spec, plan, gb)
+        return (gx.astype(spec.out_dtype, copy=False), gw.astype(spec.out_dtype, copy=False),
+                gb.astype(spec.out_dtype, copy=False))
