@@ -85,6 +85,9 @@ _BUDGET = _DEFAULT_BUDGET
 # _MIN_ROWS positions so that the GEMMs stay efficient. Tuned with benchmarks/engine.py.
 _CHUNK_ELEMS = 1 << 18
 _MIN_ROWS = 256
+# The budget is shared by up to _SLOTS chunks running at once (a constant of the machine, so that
+# the chunking, hence every rounding, never depends on how many threads happen to run).
+_SLOTS = max(1, min(os.cpu_count() or 1, 8))
 # Tests force a strategy ("im2col" or "elementwise") or a window mode ("crop" or "flat")
 # everywhere, and set _PARALLEL to False to run chunks serially.
 _FORCE = None
@@ -238,24 +241,38 @@ def _spec(x, weight, bias, stride, padding, dilation, groups, causal_axes, memor
 
 # ----------------------------------------------------------------------------------------- plan
 class _Axis(NamedTuple):
-    """One spatial axis: which taps are live and where they read on the phase grid."""
-    live: tuple      # live tap indices j
-    res: tuple       # per live tap: index of its phase in `fill`
-    qoff: tuple      # per live tap: shift on the phase grid (output t reads index t + qoff)
+    """One spatial axis: the phases that live taps read, and those taps."""
     sph: int         # phase-grid length
     fill: tuple      # per used phase: (q0, q1, i0): grid slots q0..q1-1 hold x[i0 + s*(q - q0)]
+    runs: tuple      # per used phase: (j0, jstep, count, qoff0, qstep): its live taps are
+    #                  j0 + jstep*i, and output t reads slot t + qoff0 + qstep*i (i < count)
+
+
+class _Block(NamedTuple):
+    """The live taps that read one phase grid: a product of arithmetic runs, one per axis."""
+    ph: int          # phase index (C order over the axes' used phases)
+    counts: tuple    # taps per axis
+    qoff: tuple      # shift of the first tap, per axis
+    qstep: tuple     # shift step between taps, per axis
+    kidx: np.ndarray  # (*counts) flat kernel index of each tap
 
 
 class _Plan(NamedTuple):
-    axes: tuple      # _Axis per spatial axis
+    axes: tuple      # _Axis per spatial axis (None when no tap ever reads the input)
     sph: tuple       # phase-grid shape
     nres: tuple      # used phases per axis (the grids are their product, C order)
-    taps: tuple      # live taps: (flat kernel index, phase index, shifts per axis)
+    blocks: tuple    # _Block per phase grid that live taps read
+    kidx: tuple      # flat kernel index of every live tap, in block order (the taps' order "T")
     dead: tuple      # flat kernel indices of the dead taps
 
 
 def _axis_plan(m, lo, k, s, d, o):
-    """Live taps of one axis (input ``m``, padding before ``lo``, ``o`` outputs), or None."""
+    """Live taps of one axis (input ``m``, padding before ``lo``, ``o`` outputs), or None.
+
+    Tap ``j`` of output ``t`` reads input ``t*s + d*j - lo``; it is live when some output reads a
+    real input with it. Taps whose ``d*j`` agree modulo ``s`` read the same phase; those are
+    ``s/gcd(s, d)`` apart and their live ones are consecutive (each is the previous one shifted
+    by ``d/gcd(s, d)`` whole outputs), so every phase's live taps are one arithmetic run."""
     live = []
     for j in range(k):
         p = d * j - lo                       # input index read by output 0
@@ -267,14 +284,16 @@ def _axis_plan(m, lo, k, s, d, o):
     b = d * live[0]                           # the span [b, e) of padded positions read
     e = d * live[-1] + (o - 1) * s + 1
     sph = -(-(e - b) // s)
-    resid = sorted({(d * j - b) % s for j in live})
-    fill = []
-    for r in resid:                           # slot q holds input index b + r + s*q - lo
-        q0 = max(0, -(-(lo - b - r) // s))
+    fill, runs = [], []
+    for r in sorted({(d * j - b) % s for j in live}):
+        js = [j for j in live if (d * j - b) % s == r]
+        g = math.gcd(s, d)
+        assert all(b_ - a_ == s // g for a_, b_ in zip(js, js[1:])), (js, s, d)   # see above
+        runs.append((js[0], s // g, len(js), (d * js[0] - b) // s, d // g))
+        q0 = max(0, -(-(lo - b - r) // s))   # slot q holds input index b + r + s*q - lo
         q1 = max(q0, min(sph, -(-(lo + m - b - r) // s)))
         fill.append((q0, q1, b + r + s * q0 - lo))
-    return _Axis(tuple(live), tuple(resid.index((d * j - b) % s) for j in live),
-                 tuple((d * j - b) // s for j in live), sph, tuple(fill))
+    return _Axis(sph, tuple(fill), tuple(runs))
 
 
 def _plan(spec):
@@ -282,15 +301,17 @@ def _plan(spec):
             in zip(spec.in_sizes, spec.pads, spec.kernel, spec.stride, spec.dilation, spec.out_sizes)]
     K = math.prod(spec.kernel)
     if any(a is None for a in axes):          # some axis reads only padding: every tap is dead
-        return _Plan(None, None, None, (), tuple(range(K)))
+        return _Plan(None, None, None, (), (), tuple(range(K)))
     nres = tuple(len(a.fill) for a in axes)
-    taps = []
-    for combo in itertools.product(*(range(len(a.live)) for a in axes)):
-        kidx = int(np.ravel_multi_index(tuple(a.live[i] for a, i in zip(axes, combo)), spec.kernel))
-        ph = int(np.ravel_multi_index(tuple(a.res[i] for a, i in zip(axes, combo)), nres))
-        taps.append((kidx, ph, tuple(a.qoff[i] for a, i in zip(axes, combo))))
-    live = {t[0] for t in taps}
-    return _Plan(tuple(axes), tuple(a.sph for a in axes), nres, tuple(taps),
+    blocks = []
+    for ph, combo in enumerate(np.ndindex(*nres)):
+        runs = [a.runs[r] for a, r in zip(axes, combo)]
+        js = np.meshgrid(*[j0 + js * np.arange(c) for j0, js, c, _, _ in runs], indexing="ij")
+        blocks.append(_Block(ph, tuple(r[2] for r in runs), tuple(r[3] for r in runs),
+                             tuple(r[4] for r in runs), np.ravel_multi_index(js, spec.kernel)))
+    kidx = tuple(int(i) for b in blocks for i in b.kidx.ravel())
+    live = set(kidx)
+    return _Plan(tuple(axes), tuple(a.sph for a in axes), nres, tuple(blocks), kidx,
                  tuple(i for i in range(K) if i not in live))
 
 
@@ -325,21 +346,24 @@ def _flat_range(ch, box):
 def _chunks(n, box, per_pos, budget):
     """Chunks of ``n`` samples of ``box`` with at most ``budget`` buffer elements each
     (``per_pos`` per position, at least one position), about _CHUNK_ELEMS for the cache, and a
-    few chunks per thread for big calls. Depends only on the shapes and the budget."""
+    few chunks per thread for big calls. Depends only on the shapes and the budget.
+
+    Returns (a generator of the chunks in order, the positions of the largest chunk)."""
     M = math.prod(box)
-    target = min(budget // per_pos, max(_MIN_ROWS, _CHUNK_ELEMS // per_pos),
+    target = min(budget // (_SLOTS * per_pos), max(_MIN_ROWS, _CHUNK_ELEMS // per_pos),
                  max(_MIN_ROWS // 4, -(-n * M // 8)))
     target = max(1, target)
     if M <= target:                                          # whole samples
         step = max(1, target // M)
-        return [_Chunk(i, min(i + step, n), -1, (), 0, 0) for i in range(0, n, step)]
+        return ((_Chunk(i, min(i + step, n), -1, (), 0, 0) for i in range(0, n, step)),
+                min(step, n) * M)
     a, inner = len(box) - 1, 1                               # split axis: box[a+1:] fits
     while a > 0 and inner * box[a] <= target:
         inner *= box[a]
         a -= 1
-    cnt = max(1, target // inner)
-    return [_Chunk(i, i + 1, a, pre, u, min(u + cnt, box[a])) for i in range(n)
-            for pre in np.ndindex(*box[:a]) for u in range(0, box[a], cnt)]
+    cnt = min(max(1, target // inner), box[a])
+    return ((_Chunk(i, i + 1, a, pre, u, min(u + cnt, box[a])) for i in range(n)
+             for pre in np.ndindex(*box[:a]) for u in range(0, box[a], cnt)), cnt * inner)
 
 
 # ------------------------------------------------------------------------- chunk parallelism
@@ -372,10 +396,11 @@ def _max_workers(flops) -> int:
 
 
 def _run(work, tasks, workers):
-    """``[work(i, *t) for i, t in enumerate(tasks)]``, on ``workers`` threads with
-    single-threaded BLAS (serially in the caller when the pool is busy)."""
+    """``work(i, *t)`` for ``i, t in enumerate(tasks)`` (any iterable), on ``workers`` threads
+    with single-threaded BLAS (serially in the caller when the pool is busy). The threads take
+    the tasks in order from one shared iterator."""
     global _POOL, _LOCK
-    workers = min(workers, len(tasks))
+    it = enumerate(tasks)
     if workers > 1:
         if _POOL is not None and _POOL[0] != os.getpid():    # forked child: the threads are gone
             _POOL, _LOCK = None, threading.Lock()
@@ -387,10 +412,30 @@ def _run(work, tasks, workers):
                         from concurrent.futures import ThreadPoolExecutor
                         _POOL = (os.getpid(), workers,
                                  ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous"))
-                    return list(_POOL[2].map(lambda it: work(it[0], *it[1]), enumerate(tasks)))
+                    take, failed = threading.Lock(), []
+
+                    errs = np.geterr()          # NumPy's error state is per thread
+
+                    def loop():
+                        np.seterr(**errs)
+                        while not failed:
+                            with take:
+                                nxt = next(it, None)
+                            if nxt is None:
+                                return
+                            try:
+                                work(nxt[0], *nxt[1])
+                            except BaseException:
+                                failed.append(True)
+                                raise
+
+                    for f in [_POOL[2].submit(loop) for _ in range(workers)]:
+                        f.result()
+                    return
             finally:
                 _LOCK.release()
-    return [work(i, *t) for i, t in enumerate(tasks)]
+    for i, t in it:
+        work(i, *t)
 
 
 def _copy(dst, src, workers):
@@ -424,13 +469,13 @@ def _source(shape, c, n, tail, dtype, S=1):
 def _tail(src_shape, jobs):
     """Elements past the flat grid that the flat windows of ``jobs`` may read."""
     rs = [math.prod(src_shape[a + 1:]) for a in range(len(src_shape))]
-    P = math.prod(src_shape)
     tail = 0
     for job in jobs:
         if job.flat:
             span = sum((b - 1) * r for b, r in zip(job.box, rs)) + 1
-            for _, starts in job.taps:
-                tail = max(tail, sum(st * r for st, r in zip(starts, rs)) + span - P)
+            for tb in job.taps:
+                last = sum((st + sp * (c - 1)) * r for st, sp, c, r in zip(tb.start, tb.step, tb.counts, rs))
+                tail = max(tail, last + span - math.prod(src_shape))
     return tail
 
 
@@ -456,9 +501,17 @@ def _finite(a) -> bool:
 
 
 # -------------------------------------------------------------------------------- gather + GEMM
+class _Taps(NamedTuple):
+    """Taps reading source ``sidx`` at ``start + step*i`` (per axis, i < counts) for box position 0."""
+    sidx: int
+    start: tuple
+    step: tuple
+    counts: tuple
+
+
 class _Job(NamedTuple):
-    """``dst[:, :, origin + step*q] (+)= sum_t wt[t] @ src[sidx_t, :, :, starts_t + q]``, q in box."""
-    taps: list       # (source index, starts per axis)
+    """``dst[:, :, origin + step*q] = sum_t wt[t] @ src[sidx_t, :, :, start_t + q]``, q in box."""
+    taps: list       # _Taps blocks; the taps' order is block by block, C order inside
     wt: np.ndarray   # (T, G, c_dst/g, c_src/g)
     box: tuple
     origin: tuple    # dst index of box position 0, per axis
@@ -472,8 +525,8 @@ def _waste(box, rs):
     return max(rs[a] / math.prod(box[a + 1:]) for a in range(len(box)))
 
 
-def _use_flat(box, rs, allowed=True):
-    if not allowed or len(box) < 2:
+def _use_flat(box, rs):
+    if len(box) < 2:
         return False
     if _FORCE_MODE is not None:
         return _FORCE_MODE == "flat"
@@ -489,6 +542,12 @@ def _strategy(c_red, c_acc, groups) -> str:
     return "elementwise" if c_red == 1 and c_acc == 1 and groups > 1 else "im2col"
 
 
+def _lead(ch, box):
+    """Box index of the chunk's first position, per axis."""
+    if ch.a < 0:
+        return (0,) * len(box)
+    return tuple(ch.prefix) + (ch.u,) + (0,) * (len(box) - ch.a - 1)
+
 
 def _sub_rs(ch, box, rs):
     """Flat-grid strides of the chunk's sub-box axes."""
@@ -500,24 +559,41 @@ def _span(ch, box, rs):
     return sum((b - 1) * r for b, r in zip(_sub(ch, box), _sub_rs(ch, box, rs))) + 1
 
 
-def _window(src, sidx, starts, ch, box, groups, flat):
-    """The view a tap reads for chunk ``ch``: (nn, G, c/g, *sub), or (nn, G, c/g, span) flat."""
-    n_sl = slice(ch.n0, ch.n1)
+def _tap_view(src, tb, ch, box, flat):
+    """All taps of block ``tb`` for chunk ``ch`` as one strided view (nn, C, *counts, *sub), or
+    (nn, C, *counts, span) for flat windows."""
+    S, N, C, Pf = src.flat.shape
+    isz = src.flat.itemsize
+    off = sum((st + i) * r for st, i, r in zip(tb.start, _lead(ch, box), src.rs))
+    lead = (C * Pf * isz, Pf * isz) + tuple(sp * r * isz for sp, r in zip(tb.step, src.rs))
     if flat:
-        lead = [0] * len(box) if ch.a < 0 else list(ch.prefix) + [ch.u] + [0] * (len(box) - ch.a - 1)
-        base = sum((st + i) * r for st, i, r in zip(starts, lead, src.rs))
-        w = src.flat[sidx, n_sl, :, base:base + _span(ch, box, src.rs)]
+        shape, strides = (_span(ch, box, src.rs),), (isz,)
     else:
-        idx = []
-        for b, st in enumerate(starts):
-            if ch.a < 0 or b > ch.a:
-                idx.append(slice(st, st + box[b]))
-            elif b < ch.a:
-                idx.append(st + ch.prefix[b])
-            else:
-                idx.append(slice(st + ch.u, st + ch.v))
-        w = src.grid[(sidx, n_sl, slice(None)) + tuple(idx)]
-    return w.reshape((w.shape[0], groups, w.shape[1] // groups) + w.shape[2:])
+        shape, strides = _sub(ch, box), tuple(r * isz for r in _sub_rs(ch, box, src.rs))
+    return np.ndarray((ch.n1 - ch.n0, C) + tb.counts + shape, dtype=src.flat.dtype, buffer=src.flat,
+                      offset=(((tb.sidx * N + ch.n0) * C) * Pf + off) * isz, strides=lead + strides)
+
+
+def _fill_patch(patch, src, taps, ch, box, groups, flat, gw_layout=False):
+    """Stack the tap windows of chunk ``ch``: patch (nn, G, T*c/g, ...), or (G, T*c/g, nn, ...)
+    with ``gw_layout``. One copy per block of taps."""
+    t0 = 0
+    for tb in taps:
+        v = _tap_view(src, tb, ch, box, flat)                       # (nn, C, *counts, *rest)
+        nn, C, nk = v.shape[0], v.shape[1], len(tb.counts)
+        T = math.prod(tb.counts)
+        rest = v.shape[2 + nk:]
+        v = v.reshape((nn, groups, C // groups) + v.shape[2:])     # (nn, G, c, *counts, *rest)
+        cax, kax, rax = [2], list(range(3, 3 + nk)), list(range(3 + nk, v.ndim))
+        if gw_layout:       # -> (G, *counts, c, nn, *rest)
+            dst = patch[:, t0 * (C // groups):(t0 + T) * (C // groups)]
+            dst.reshape((groups,) + tb.counts + (C // groups, nn) + rest)[...] = v.transpose(
+                [1] + kax + cax + [0] + rax)
+        else:               # -> (nn, G, *counts, c, *rest)
+            dst = patch[:, :, t0 * (C // groups):(t0 + T) * (C // groups)]
+            dst.reshape((nn, groups) + tb.counts + (C // groups,) + rest)[...] = v.transpose(
+                [0, 1] + kax + cax + rax)
+        t0 += T
 
 
 def _box_view(arr, origin, step, box, ch, groups):
@@ -535,27 +611,16 @@ def _box_view(arr, origin, step, box, ch, groups):
     return v.reshape((v.shape[0], groups, v.shape[1] // groups) + v.shape[2:])
 
 
-def _crop_view(seg, ch, box, rs, writeable=False):
-    """The real positions of a flat-window array seg (..., span) as (..., *sub)."""
+def _crop_view(seg, ch, box, rs):
+    """The real positions of a flat-window array seg (..., span) (C-contiguous) as (..., *sub)."""
     isz = seg.itemsize
-    return np.lib.stride_tricks.as_strided(
-        seg, shape=seg.shape[:-1] + _sub(ch, box),
-        strides=seg.strides[:-1] + tuple(r * isz for r in _sub_rs(ch, box, rs)), writeable=writeable)
+    return np.ndarray(seg.shape[:-1] + _sub(ch, box), dtype=seg.dtype, buffer=seg,
+                      strides=seg.strides[:-1] + tuple(r * isz for r in _sub_rs(ch, box, rs)))
 
 
-def _fill_patch(pv, src, taps, ch, box, groups, flat, transpose=False):
-    """pv (nn, G, T, c/g, ...) -- or (G, T, c/g, nn, ...) if ``transpose`` -- = the tap windows."""
-    for t, (sidx, starts) in enumerate(taps):
-        w = _window(src, sidx, starts, ch, box, groups, flat)
-        if transpose:
-            pv[:, t] = w.transpose((1, 2, 0) + tuple(range(3, w.ndim)))
-        else:
-            pv[:, :, t] = w
-
-
-def _limit(workers, buffers, budget):
+def _limit(workers, biggest, budget):
     """Threads such that the chunks running at once stay within the budget (elements)."""
-    return max(1, min(workers, budget // max(1, max(buffers, default=1))))
+    return max(1, min(workers, budget // max(1, biggest)))
 
 
 def _gather(src, jobs, dst, spec, groups, workers):
@@ -563,7 +628,7 @@ def _gather(src, jobs, dst, spec, groups, workers):
     fixed sequence of multiply-adds), so the result does not depend on the scheduling."""
     isz = spec.dtype.itemsize
     budget = max(1, spec.budget // isz)                            # elements
-    tasks, buffers, wmats = [], [], []
+    tasks, biggest, wmats = [], 1, []
     for ji, job in enumerate(jobs):
         T, _, cdg, csg = job.wt.shape
         cd, cs = cdg * groups, csg * groups
@@ -575,42 +640,44 @@ def _gather(src, jobs, dst, spec, groups, workers):
             per = math.ceil((T * cs + cd) * _waste(job.box, src.rs))   # patch + result
         else:
             per = T * cs + (0 if direct else cd)                   # patch (+ result)
-        for ch in _chunks(spec.n, job.box, per, budget):
-            tasks.append((job, ch, direct, ji))
-            buffers.append(per * (ch.n1 - ch.n0) * math.prod(_sub(ch, job.box)))
+        chunks, most = _chunks(spec.n, job.box, per, budget)
+        tasks.append(zip(itertools.repeat(ji), chunks, itertools.repeat(direct)))
+        biggest = max(biggest, per * most)
         wmats.append(np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3)).reshape(
             job.wt.shape[1], cdg, T * csg))                        # (G, c_dst/g, T*c_src/g)
     dflat = dst.reshape(dst.shape[0], groups, dst.shape[1] // groups, -1)
 
-    def work(i, job, ch, direct, ji):
+    def work(i, ji, ch, direct):
+        job = jobs[ji]
         T, _, cdg, csg = job.wt.shape
         nn, sub = ch.n1 - ch.n0, _sub(ch, job.box)
         dv = _box_view(dst, job.origin, job.step, job.box, ch, groups)   # (nn, G, c_dst/g, *sub)
         if job.how == "elementwise":       # dv = sum over taps and channels of w * window
             tmp = np.empty(dv.shape, dtype=dv.dtype)
-            first = True
-            for t, (sidx, starts) in enumerate(job.taps):
-                w = _window(src, sidx, starts, ch, job.box, groups, False)
-                for c in range(csg):
-                    wv = job.wt[t, :, :, c].reshape((1, groups, cdg) + (1,) * len(sub))
-                    np.multiply(wv, w[:, :, c:c + 1], out=dv if first else tmp)
-                    if not first:
-                        np.add(dv, tmp, out=dv)
-                    first = False
+            t = 0
+            for tb in job.taps:
+                v = _tap_view(src, tb, ch, job.box, False)
+                v = v.reshape((nn, groups, csg) + v.shape[2:])          # (nn, G, c, *counts, *sub)
+                for idx in np.ndindex(*tb.counts):
+                    w = v[(slice(None), slice(None), slice(None)) + idx]
+                    for c in range(csg):
+                        wv = job.wt[t, :, :, c].reshape((1, groups, cdg) + (1,) * len(sub))
+                        np.multiply(wv, w[:, :, c:c + 1], out=tmp if t or c else dv)
+                        if t or c:
+                            np.add(dv, tmp, out=dv)
+                    t += 1
             return
         if job.flat:                       # GEMM over the flat windows, then drop the padding
             span = _span(ch, job.box, src.rs)
             patch = np.empty((nn, groups, T * csg, span), dtype=spec.dtype)
-            _fill_patch(patch.reshape(nn, groups, T, csg, span), src, job.taps, ch, job.box,
-                        groups, True)
+            _fill_patch(patch, src, job.taps, ch, job.box, groups, True)
             seg = np.empty((nn, groups, cdg, span), dtype=spec.dtype)
             np.matmul(wmats[ji], patch, out=seg)
             dv[...] = _crop_view(seg, ch, job.box, src.rs)
             return
         R = math.prod(sub)
         patch = np.empty((nn, groups, T * csg) + sub, dtype=spec.dtype)
-        _fill_patch(patch.reshape((nn, groups, T, csg) + sub), src, job.taps, ch, job.box, groups,
-                    False)
+        _fill_patch(patch, src, job.taps, ch, job.box, groups, False)
         patch = patch.reshape(nn, groups, T * csg, R)
         if direct:                         # the GEMM writes straight into the result
             r0, r1 = _flat_range(ch, job.box)
@@ -620,20 +687,25 @@ def _gather(src, jobs, dst, spec, groups, workers):
             np.matmul(wmats[ji], patch, out=out)
             dv[...] = out.reshape(dv.shape)
 
-    _run(work, tasks, _limit(workers, buffers, budget))
+    _run(work, itertools.chain.from_iterable(tasks), _limit(workers, biggest, budget))
 
 
 # -------------------------------------------------------------------------------------- forward
-def _live_weights(weight, spec, plan):
-    """weight (C_out, C_in/g, *k) -> (T, G, C_out/g, C_in/g) over the live taps, compute dtype."""
+def _weights(weight, spec, kidx):
+    """weight (C_out, C_in/g, *k) -> (T, G, C_out/g, C_in/g) for the taps ``kidx``."""
     G = spec.groups
     w = weight.astype(spec.dtype, copy=False).reshape(G, spec.c_out // G, spec.c_in // G, -1)
-    return np.ascontiguousarray(w[..., [t[0] for t in plan.taps]].transpose(3, 0, 1, 2))
+    return np.ascontiguousarray(w[..., list(kidx)].transpose(3, 0, 1, 2))
 
 
 def _flops(spec, plan=None):
-    T = len(plan.taps) if plan is not None else math.prod(spec.kernel)
+    T = len(plan.kidx) if plan is not None else math.prod(spec.kernel)
     return 2 * spec.n * math.prod(spec.out_sizes) * spec.c_out * (spec.c_in // spec.groups) * T
+
+
+def _forward_taps(plan):
+    """The live taps as read by the forward: block b reads phase b.ph at b.qoff + b.qstep*i."""
+    return [_Taps(b.ph, b.qoff, b.qstep, b.counts) for b in plan.blocks]
 
 
 def _forward(x, weight, spec):
@@ -644,13 +716,13 @@ def _forward(x, weight, spec):
     G = spec.groups
     plan = _plan(spec)
     y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
-    if plan.taps:
+    if plan.blocks:
         workers = _max_workers(_flops(spec, plan))
         rs = tuple(math.prod(plan.sph[a + 1:]) for a in range(len(plan.sph)))
         how = _strategy(spec.c_in // G, spec.c_out // G, G)
-        job = _Job([(ph, st) for _, ph, st in plan.taps], _live_weights(weight, spec, plan),
-                   spec.out_sizes, (0,) * len(spec.out_sizes), (1,) * len(spec.out_sizes), how,
-                   how == "im2col" and _use_flat(spec.out_sizes, rs))
+        nd = len(spec.out_sizes)
+        job = _Job(_forward_taps(plan), _weights(weight, spec, plan.kidx), spec.out_sizes,
+                   (0,) * nd, (1,) * nd, how, how == "im2col" and _use_flat(spec.out_sizes, rs))
         src = _phase_source(x, spec, plan, _tail(plan.sph, [job]), workers)
         _gather(src, [job], y, spec, G, workers)
     if plan.dead:                  # dead taps multiply padding zeros: 0, or NaN for a non-finite w
@@ -663,38 +735,43 @@ def _forward(x, weight, spec):
 # ------------------------------------------------------------------------------------- backward
 def _grad_input(gy, weight, spec, plan):
     """dL/dx (N, C_in, *in) for dL/dy = gy (N, C_out, *out): the transposed convolution, one
-    gather per input phase (see the module docstring). Non-finite weights: see _grad_input_nonfinite."""
-    if plan.taps and not _finite(weight):
+    gather per input phase (see the module docstring). Non-finite weights: see
+    _grad_input_nonfinite."""
+    if plan.blocks and not _finite(weight):
         return _grad_input_nonfinite(gy, weight, spec, plan)
     G = spec.groups
     gx = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
-    if not plan.taps:
+    if not plan.blocks:
         return gx
     workers = _max_workers(_flops(spec, plan))
-    wt = _live_weights(weight, spec, plan).transpose(0, 1, 3, 2)     # (T, G, C_in/g, C_out/g)
     how = _strategy(spec.c_out // G, spec.c_in // G, G)
-    # per axis and phase r: box = grid slots [q0, q1) holding real inputs; slot q of tap j reads
-    # g[q - qoff_j]: g is zero-padded by `front` (and `back`) so that every window is in range
+    # Input phase r of an axis holds grid slots [q0, q1) of real inputs; slot q sums, over the
+    # run of taps i of that phase, W_i^T g[q - qoff0 - qstep*i]. Read in reverse tap order the
+    # shifts increase: tap i' = count-1-i reads g at q - qoff_last + qstep*i'. g is zero-padded
+    # by `front` (and `back`) so that every window is in range.
     front, back = [], []
     for ax, o in zip(plan.axes, spec.out_sizes):
-        lo_need = [ax.qoff[i] - ax.fill[ax.res[i]][0] for i in range(len(ax.live))
-                   if ax.fill[ax.res[i]][1] > ax.fill[ax.res[i]][0]]
-        hi_need = [ax.fill[ax.res[i]][1] - ax.qoff[i] - o for i in range(len(ax.live))
-                   if ax.fill[ax.res[i]][1] > ax.fill[ax.res[i]][0]]
-        front.append(max([0] + lo_need))
-        back.append(max([0] + hi_need))
+        need_lo, need_hi = [0], [0]
+        for (q0, q1, _), (_, _, c, qoff0, qstep) in zip(ax.fill, ax.runs):
+            if q1 > q0:
+                need_lo.append(qoff0 + qstep * (c - 1) - q0)
+                need_hi.append(q1 - qoff0 - o)
+        front.append(max(need_lo))
+        back.append(max(need_hi))
     gshape = tuple(o + f + b for o, f, b in zip(spec.out_sizes, front, back))
     grs = tuple(math.prod(gshape[a + 1:]) for a in range(len(gshape)))
     jobs = []
-    for ph, combo in enumerate(np.ndindex(*plan.nres)):
+    for blk, combo in zip(plan.blocks, np.ndindex(*plan.nres)):
         fills = [ax.fill[r] for ax, r in zip(plan.axes, combo)]
         box = tuple(q1 - q0 for q0, q1, _ in fills)
-        sel = [t for t, tap in enumerate(plan.taps) if tap[1] == ph]
-        if not sel or min(box) < 1:
+        if min(box) < 1:
             continue
-        taps = [(0, tuple(f[0] - st + fr for f, st, fr in zip(fills, plan.taps[t][2], front)))
-                for t in sel]
-        jobs.append(_Job(taps, wt[sel], box, tuple(f[2] for f in fills), spec.stride, how,
+        start = tuple(q0 - qo - qs * (c - 1) + f for (q0, _, _), qo, qs, c, f
+                      in zip(fills, blk.qoff, blk.qstep, blk.counts, front))
+        kidx = np.flip(blk.kidx).ravel()
+        wt = _weights(weight, spec, kidx).transpose(0, 1, 3, 2)        # (T, G, C_in/g, C_out/g)
+        jobs.append(_Job([_Taps(0, start, blk.qstep, blk.counts)], wt, box,
+                         tuple(f[2] for f in fills), spec.stride, how,
                          how == "im2col" and _use_flat(box, grs)))
     if not jobs:
         return gx
@@ -708,82 +785,78 @@ def _grad_input(gy, weight, spec, plan):
 
 def _grad_input_nonfinite(gy, weight, spec, plan):
     """dL/dx with non-finite weights, exactly as PyTorch: only products of a weight with a real
-    output gradient exist. The finite part of the weight runs the normal path; each non-finite
-    weight adds NaN or +-inf wherever one of its real products is NaN or +-inf, which is decided
-    by exact counts (transposed convolutions of 0/1 arrays with 0/1 weights):
+    output gradient exist. Products of two finite values run the normal path (non-finite values
+    zeroed); every other product is NaN or +-inf, which is decided by exact counts -- transposed
+    convolutions of 0/1 arrays with 0/1 weights -- of the products of each kind:
 
-        w NaN            -> NaN for any g          w = +-inf -> NaN for g = 0 or NaN,
-                                                              +-inf * sign(g) otherwise
+        NaN  : w NaN, or g NaN, or (w = +-inf and g = 0), or (g = +-inf and w = 0)
+        +inf : w = +inf, g > 0 | w = -inf, g < 0 | g = +inf, w > 0 | g = -inf, w < 0
+        -inf : the same with one sign flipped
+
+    A position with a NaN product, or with both +inf and -inf products, is NaN; else +-inf if it
+    has such a product; else the finite sum.
     """
     w = weight.astype(spec.dtype, copy=False)
-    fin = np.isfinite(w)
-    gx = _grad_input(gy, np.where(fin, w, 0), spec, plan)
+    g = gy
+    wf, gf = np.isfinite(w), np.isfinite(g)
+    gx = _grad_input(np.where(gf, g, 0), np.where(wf, w, 0), spec, plan)
     G = spec.groups
 
-    def pair(g1, w1, g2, w2):      # counts of the products g1*w1 + g2*w2 (2x the channels)
-        gg = np.concatenate([g1.reshape((spec.n, G, -1) + g1.shape[2:]),
-                             g2.reshape((spec.n, G, -1) + g2.shape[2:])], axis=2)
-        ww = np.concatenate([w1.reshape((G, -1) + w1.shape[1:]), w2.reshape((G, -1) + w2.shape[1:])],
-                            axis=1)
-        s2 = spec._replace(c_out=2 * spec.c_out)
-        return _grad_input(gg.reshape((spec.n, -1) + gy.shape[2:]).astype(spec.dtype),
+    def count(pairs):              # positions with at least one product g_i * w_i (0/1 arrays)
+        gg = np.concatenate([a.reshape((spec.n, G, -1) + g.shape[2:]) for a, _ in pairs], axis=2)
+        ww = np.concatenate([b.reshape((G, -1) + w.shape[1:]) for _, b in pairs], axis=1)
+        s2 = spec._replace(c_out=len(pairs) * spec.c_out)
+        return _grad_input(gg.reshape((spec.n, -1) + g.shape[2:]).astype(spec.dtype),
                            ww.reshape((-1,) + w.shape[1:]).astype(spec.dtype), s2, plan) > 0
 
-    isnan, pinf, minf = np.isnan(w), w == np.inf, w == -np.inf
-    pos, neg = gy > 0, gy < 0
-    zero = ~(pos | neg)                                          # 0 or NaN
-    nan = pair(np.ones(gy.shape, bool), isnan, zero, pinf | minf)
-    up = pair(pos, pinf, neg, minf)
-    down = pair(neg, pinf, pos, minf)
-    corr = np.zeros(gx.shape, dtype=spec.dtype)
-    corr[up] = np.inf
-    corr[down] = -np.inf
-    corr[nan | (up & down)] = np.nan
-    gx += corr
+    ones_g, ones_w = np.ones(g.shape, bool), np.ones(w.shape, bool)
+    w_inf, g_inf = np.isinf(w), np.isinf(g)
+    nan = count([(np.isnan(g), ones_w), (ones_g, np.isnan(w)), (g == 0, w_inf), (g_inf, w == 0)])
+    up = count([(g > 0, w == np.inf), (g < 0, w == -np.inf), (g == np.inf, w > 0),
+                (g == -np.inf, w < 0)])
+    down = count([(g < 0, w == np.inf), (g > 0, w == -np.inf), (g == -np.inf, w > 0),
+                  (g == np.inf, w < 0)])
+    gx[up] = np.inf
+    gx[down] = -np.inf
+    gx[nan | (up & down)] = np.nan
     return gx
 
 
 def _grad_weight(gy, x, spec, plan, gb):
-    """dL/dW (C_out, C_in/g, *k): sum over chunks of gy_chunk @ patch_chunk^T (the forward's
+    """dL/dW (C_out, C_in/g, *k): the sum over chunks of gy_chunk @ patch_chunk^T (the forward's
     patch), added to one accumulator in chunk order; one partial buffer per worker thread."""
     G, K = spec.groups, math.prod(spec.kernel)
     cgi, cgo = spec.c_in // G, spec.c_out // G
     gw = np.zeros((G, cgo, cgi, K), dtype=spec.dtype)
-    if plan.taps:
+    if plan.blocks:
         workers = _max_workers(_flops(spec, plan))
-        out = spec.out_sizes
+        out, nd = spec.out_sizes, len(spec.out_sizes)
         rs = tuple(math.prod(plan.sph[a + 1:]) for a in range(len(plan.sph)))
-        taps = [(ph, st) for _, ph, st in plan.taps]
-        T = len(taps)
+        taps, T = _forward_taps(plan), len(plan.kidx)
         flat = _use_flat(out, rs)
-        job = _Job(taps, None, out, None, None, "im2col", flat)
-        src = _phase_source(x, spec, plan, _tail(plan.sph, [job]), workers)
+        src = _phase_source(x, spec, plan, _tail(plan.sph, [_Job(taps, None, out, None, None, "",
+                                                                  flat)]), workers)
         if flat and not _finite(src.flat):
             flat = False           # flat windows would multiply non-finite inputs by zeros
-        isz = spec.dtype.itemsize
-        budget = max(1, spec.budget // isz)
-        per = T * spec.c_in + spec.c_out
+        budget = max(1, spec.budget // spec.dtype.itemsize)
+        per = T * spec.c_in + spec.c_out                           # patch + gradient chunk
         if flat:
             per = math.ceil(per * _waste(out, rs))
-        chunks = _chunks(spec.n, out, per, budget)
-        buffers = [per * (c.n1 - c.n0) * math.prod(_sub(c, out)) for c in chunks]
+        chunks, most = _chunks(spec.n, out, per, budget)
         acc = np.zeros((G, cgo, T * cgi), dtype=spec.dtype)
         local = threading.local()
         turn = threading.Condition()
-        done = [0]
+        done, failed = [0], []
 
-        def work(i, ch):
+        def partial(ch):
             nn, sub = ch.n1 - ch.n0, _sub(ch, out)
-            gv = _box_view(gy, (0,) * len(out), (1,) * len(out), out, ch, G)   # (nn, G, C_out/g, *sub)
+            gv = _box_view(gy, (0,) * nd, (1,) * nd, out, ch, G)     # (nn, G, C_out/g, *sub)
             if flat:
                 span = _span(ch, out, rs)
-                patch = np.empty((G, T, cgi, nn, span), dtype=spec.dtype)
-                g = np.zeros((G, cgo, nn, span), dtype=spec.dtype)   # zeros off the real outputs
-                _crop_view(g, ch, out, rs, writeable=True)[...] = gv.transpose(
-                    (1, 2, 0) + tuple(range(3, gv.ndim)))
                 L = nn * span
+                g = np.zeros((G, cgo, nn, span), dtype=spec.dtype)   # zeros off the real outputs
+                _crop_view(g, ch, out, rs)[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
             else:
-                patch = np.empty((G, T, cgi, nn) + sub, dtype=spec.dtype)
                 L = nn * math.prod(sub)
                 if nn == 1:
                     r0, r1 = _flat_range(ch, out)
@@ -791,19 +864,31 @@ def _grad_weight(gy, x, spec, plan, gb):
                 else:
                     g = np.empty((G, cgo, nn) + sub, dtype=spec.dtype)
                     g[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
-            _fill_patch(patch, src, taps, ch, out, G, flat, transpose=True)
+            patch = np.empty((G, T * cgi, L), dtype=spec.dtype)
+            _fill_patch(patch, src, taps, ch, out, G, flat, gw_layout=True)
             part = getattr(local, "part", None)
             if part is None:
                 part = local.part = np.empty((G, cgo, T * cgi), dtype=spec.dtype)
-            np.matmul(g.reshape(G, cgo, L), patch.reshape(G, T * cgi, L).transpose(0, 2, 1), out=part)
+            np.matmul(g.reshape(G, cgo, L), patch.transpose(0, 2, 1), out=part)
+            return part
+
+        def work(i, ch):
+            try:
+                part = partial(ch)
+            except BaseException:
+                with turn:
+                    failed.append(True)
+                    turn.notify_all()
+                raise
             with turn:                 # fixed reduction order: chunk i is added i-th
-                turn.wait_for(lambda: done[0] == i)
-                np.add(acc, part, out=acc)
-                done[0] += 1
+                turn.wait_for(lambda: done[0] == i or failed)
+                if not failed:
+                    np.add(acc, part, out=acc)
+                    done[0] += 1
                 turn.notify_all()
 
-        _run(work, [(c,) for c in chunks], _limit(workers, buffers, budget))
-        gw[..., [t[0] for t in plan.taps]] = acc.reshape(G, cgo, T, cgi).transpose(0, 1, 3, 2)
+        _run(work, ((c,) for c in chunks), _limit(workers, per * most, budget))
+        gw[..., list(plan.kidx)] = acc.reshape(G, cgo, T, cgi).transpose(0, 1, 3, 2)
     if plan.dead:                  # dead taps: sum of g * 0, NaN where g has a non-finite value
         gwv = gw.reshape(spec.c_out, cgi, K)
         for o in np.flatnonzero(~np.isfinite(gb)):      # (a finite sum has only finite terms)
