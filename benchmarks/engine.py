@@ -10,8 +10,9 @@ For every shape, forward and backward (grad_x + grad_weight), float32:
   (im2col shapes), at the same thread count: forward ``(C_out, K*C_in) @ (K*C_in, M)``, backward
   ``(C_out, M) @ (M, K*C_in)`` plus ``(K*C_in, C_out) @ (C_out, M)`` (per group; ``K`` = taps,
   ``M`` = N * output positions). Each product is timed as one ``np.matmul`` call and in column blocks
-  of 1024 and 4096 (a big GEMM is often slower than cache-sized ones); the best counts. This is the
-  limit of an engine built on NumPy; ``share`` = atrous / GEMM.
+  of 1024 and 4096 (a big GEMM is often slower than cache-sized ones) and, with several threads,
+  split over that many Python threads with single-threaded BLAS; the best counts. This is the limit
+  of an engine built on NumPy; ``share`` = atrous / GEMM.
 
 FLOPs = 2 * N * C_out * prod(out) * C_in/groups * prod(k) for the forward, twice that for the
 backward. Times are the best of ``--repeat`` runs, alternating atrous, torch and the GEMM so that
@@ -95,24 +96,44 @@ def once(fn):
 
 
 class Gemm:
-    """``out = a @ b`` for batched (per group) float32 operands, timed whole and in column blocks;
-    ``time()`` runs every variant once and returns the best."""
+    """``out = a @ b`` for batched (per group) float32 operands, timed in several ways at the
+    same thread count; ``time()`` runs every variant once and returns the best time seen so far.
 
-    def __init__(self, rng, g, m, k, n):
+    Variants: one ``np.matmul`` call, column blocks of 4096 and 1024, and -- with T > 1 threads --
+    the columns split over T Python threads that each run single-threaded BLAS (how the engine's
+    chunk pool runs; OpenBLAS's own threads often do worse on a shared machine)."""
+
+    def __init__(self, rng, g, m, k, n, threads):
         self.a = rng.standard_normal((g, m, k), dtype=np.float32)
         self.b = rng.standard_normal((g, k, n), dtype=np.float32)
         self.out = np.empty((g, m, n), dtype=np.float32)
-        self.blocks = [n] + [bl for bl in (4096, 1024) if bl < n]
-        self.best = [math.inf] * len(self.blocks)
+        self.threads = threads
+        blocks = [n] + [bl for bl in (4096, 1024) if bl < n]
+        self.variants = [(bl, False) for bl in blocks]
+        if threads > 1:
+            self.variants += [(bl, True) for bl in blocks if bl * threads <= n or bl == n]
+        self.best = [math.inf] * len(self.variants)
 
-    def run(self, block):
+    def run(self, c0, c1, block):
         a, b, out = self.a, self.b, self.out
-        for c0 in range(0, b.shape[2], block):
-            np.matmul(a, b[:, :, c0:c0 + block], out=out[:, :, c0:c0 + block])
+        for c in range(c0, c1, block):
+            e = min(c + block, c1)
+            np.matmul(a, b[:, :, c:e], out=out[:, :, c:e])
+
+    def run_split(self, block):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+        n, T = self.b.shape[2], self.threads
+        cuts = [n * i // T for i in range(T + 1)]
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(T) as ex:
+            list(ex.map(lambda i: self.run(cuts[i], cuts[i + 1], block), range(T)))
 
     def time(self):
-        for i, bl in enumerate(self.blocks):
-            self.best[i] = min(self.best[i], once(lambda: self.run(bl)))
+        n = self.b.shape[2]
+        for i, (bl, split) in enumerate(self.variants):
+            fn = (lambda: self.run_split(bl)) if split else (lambda: self.run(0, n, bl))
+            self.best[i] = min(self.best[i], once(fn))
         return min(self.best)
 
 
@@ -121,8 +142,10 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--only", default="", help="run the shapes whose name contains this")
-    ap.add_argument("--strategy", default=None, choices=("tap", "im2col", "elementwise"),
+    ap.add_argument("--strategy", default=None, choices=("im2col", "elementwise"),
                     help="force one engine strategy (default: the engine's choice)")
+    ap.add_argument("--mode", default=None, choices=("crop", "flat"),
+                    help="force the tap-window mode (default: the engine's choice)")
     ap.add_argument("--threads", type=int, default=None,
                     help="limit NumPy's BLAS and torch to this many threads (default: as found)")
     ap.add_argument("--serial", action="store_true",
@@ -142,6 +165,7 @@ def main(argv=None):
     import importlib
     engine = importlib.import_module("atrous.conv")
     engine._FORCE = args.strategy
+    engine._FORCE_MODE = args.mode
     engine._PARALLEL = not args.serial
     rows = []
     rng = np.random.default_rng(0)
@@ -173,8 +197,8 @@ def main(argv=None):
         def a_bwd():
             return atrous.conv_grad(gy, x, w, padding=pad, dilation=d, groups=g)
 
-        gemm_f = [Gemm(rng, g, cout // g, kc, m)]
-        gemm_b = [Gemm(rng, g, cout // g, m, kc), Gemm(rng, g, kc, cout // g, m)]
+        gemm_f = [Gemm(rng, g, cout // g, kc, m, threads)]
+        gemm_b = [Gemm(rng, g, cout // g, m, kc, threads), Gemm(rng, g, kc, cout // g, m, threads)]
         for kind, ours, theirs, gemms, fl in (("fwd", a_fwd, t_fwd, gemm_f, flops),
                                               ("bwd", a_bwd, t_bwd, gemm_b, 2 * flops)):
             ours(), theirs()                  # warm up

@@ -108,8 +108,11 @@ def get_memory_budget() -> int:
 def set_memory_budget(nbytes) -> int:
     """Set the global work-buffer budget in bytes (``None`` restores 256 MiB); returns the old one.
 
-    A per-call ``memory_budget=`` overrides it. The budget caps the chunk buffers (patch matrices,
-    per-tap products); the padded input copy and the output are extra.
+    A per-call ``memory_budget=`` overrides it. The promise: beyond the arrays themselves -- the
+    inputs and results, a zero-padded (phase) copy of the input or of the output gradient, copies
+    of the weight and one weight-gradient partial per worker thread -- no call allocates more than
+    the budget, shared by every chunk in flight. Below the buffers of one output position (about
+    ``prod(kernel) * C_in`` values) the work cannot be cut further and that minimum is used.
 
     >>> old = set_memory_budget(64 * 2**20)
     >>> get_memory_budget()
@@ -288,7 +291,6 @@ def _axis_plan(m, lo, k, s, d, o):
     for r in sorted({(d * j - b) % s for j in live}):
         js = [j for j in live if (d * j - b) % s == r]
         g = math.gcd(s, d)
-        assert all(b_ - a_ == s // g for a_, b_ in zip(js, js[1:])), (js, s, d)   # see above
         runs.append((js[0], s // g, len(js), (d * js[0] - b) // s, d // g))
         q0 = max(0, -(-(lo - b - r) // s))   # slot q holds input index b + r + s*q - lo
         q1 = max(q0, min(sph, -(-(lo + m - b - r) // s)))
