@@ -66,6 +66,7 @@ NaN, +inf and -inf products. No RuntimeWarning is raised for non-finite data.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -299,19 +300,27 @@ def _axis_plan(m, lo, k, s, d, o):
 
 
 def _plan(spec):
+    return _plan_of(spec.in_sizes, spec.pads, spec.kernel, spec.stride, spec.dilation, spec.out_sizes)
+
+
+@functools.lru_cache(maxsize=128)
+def _plan_of(in_sizes, pads, kernel, stride, dilation, out_sizes):
     axes = [_axis_plan(m, lo, k, s, d, o) for m, (lo, _), k, s, d, o
-            in zip(spec.in_sizes, spec.pads, spec.kernel, spec.stride, spec.dilation, spec.out_sizes)]
-    K = math.prod(spec.kernel)
+            in zip(in_sizes, pads, kernel, stride, dilation, out_sizes)]
+    K = math.prod(kernel)
     if any(a is None for a in axes):          # some axis reads only padding: every tap is dead
         return _Plan(None, None, None, (), (), tuple(range(K)))
     nres = tuple(len(a.fill) for a in axes)
     blocks = []
-    for ph, combo in enumerate(np.ndindex(*nres)):
+    kstride = [math.prod(kernel[a + 1:]) for a in range(len(axes))]
+    for ph, combo in enumerate(itertools.product(*(range(n) for n in nres))):
         runs = [a.runs[r] for a, r in zip(axes, combo)]
-        js = np.meshgrid(*[j0 + js * np.arange(c) for j0, js, c, _, _ in runs], indexing="ij")
+        kidx = np.zeros([r[2] for r in runs], dtype=np.int64)       # flat kernel index per tap
+        for a, (j0, jstep, c, _, _) in enumerate(runs):
+            kidx += ((j0 + jstep * np.arange(c)) * kstride[a]).reshape((-1,) + (1,) * (len(runs) - a - 1))
         blocks.append(_Block(ph, tuple(r[2] for r in runs), tuple(r[3] for r in runs),
-                             tuple(r[4] for r in runs), np.ravel_multi_index(js, spec.kernel)))
-    kidx = tuple(int(i) for b in blocks for i in b.kidx.ravel())
+                             tuple(r[4] for r in runs), kidx))
+    kidx = tuple(i for b in blocks for i in b.kidx.ravel().tolist())
     live = set(kidx)
     return _Plan(tuple(axes), tuple(a.sph for a in axes), nres, tuple(blocks), kidx,
                  tuple(i for i in range(K) if i not in live))
@@ -345,15 +354,16 @@ def _flat_range(ch, box):
     return lead * inner, (lead + ch.v - ch.u) * inner
 
 
-def _chunks(n, box, per_pos, budget):
+def _chunks(n, box, per_pos, budget, min_rows=None, split=True):
     """Chunks of ``n`` samples of ``box`` with at most ``budget`` buffer elements each
-    (``per_pos`` per position, at least one position), about _CHUNK_ELEMS for the cache, and a
-    few chunks per thread for big calls. Depends only on the shapes and the budget.
+    (``per_pos`` per position, at least one position), about _CHUNK_ELEMS for the cache, and,
+    with ``split`` (calls big enough for the thread pool), at least ~8 chunks. Depends only on
+    the shapes and the budget, never on the threads.
 
     Returns (a generator of the chunks in order, the positions of the largest chunk)."""
     M = math.prod(box)
-    target = min(budget // (_SLOTS * per_pos), max(_MIN_ROWS, _CHUNK_ELEMS // per_pos),
-                 max(_MIN_ROWS // 4, -(-n * M // 8)))
+    target = min(budget // (_SLOTS * per_pos), max(min_rows or _MIN_ROWS, _CHUNK_ELEMS // per_pos),
+                 max(_MIN_ROWS // 4, -(-n * M // 8)) if split else n * M)
     target = max(1, target)
     if M <= target:                                          # whole samples
         step = max(1, target // M)
@@ -527,13 +537,14 @@ def _waste(box, rs):
     return max(rs[a] / math.prod(box[a + 1:]) for a in range(len(box)))
 
 
-def _use_flat(box, rs):
+def _use_flat(box, rs, c_dst):
     if len(box) < 2:
         return False
     if _FORCE_MODE is not None:
         return _FORCE_MODE == "flat"
-    # short lines make cropped windows slow to copy; a flat slice carries the padding columns
-    return box[-1] < 64 and _waste(box, rs) <= 1.6
+    # short lines make cropped windows slow to copy; a flat slice copies fast but the GEMM also
+    # computes the padding columns, which costs in proportion to the output channels
+    return box[-1] < 64 and (_waste(box, rs) - 1) * c_dst <= 16
 
 
 def _strategy(c_red, c_acc, groups) -> str:
@@ -625,7 +636,7 @@ def _limit(workers, biggest, budget):
     return max(1, min(workers, budget // max(1, biggest)))
 
 
-def _gather(src, jobs, dst, spec, groups, workers):
+def _gather(src, jobs, dst, spec, groups, workers, split):
     """Run the jobs (see _Job): each chunk of each job's box is written once, by one GEMM (or one
     fixed sequence of multiply-adds), so the result does not depend on the scheduling."""
     isz = spec.dtype.itemsize
@@ -642,7 +653,7 @@ def _gather(src, jobs, dst, spec, groups, workers):
             per = math.ceil((T * cs + cd) * _waste(job.box, src.rs))   # patch + result
         else:
             per = T * cs + (0 if direct else cd)                   # patch (+ result)
-        chunks, most = _chunks(spec.n, job.box, per, budget)
+        chunks, most = _chunks(spec.n, job.box, per, budget, split=split)
         tasks.append(zip(itertools.repeat(ji), chunks, itertools.repeat(direct)))
         biggest = max(biggest, per * most)
         wmats.append(np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3)).reshape(
@@ -724,9 +735,9 @@ def _forward(x, weight, spec):
         how = _strategy(spec.c_in // G, spec.c_out // G, G)
         nd = len(spec.out_sizes)
         job = _Job(_forward_taps(plan), _weights(weight, spec, plan.kidx), spec.out_sizes,
-                   (0,) * nd, (1,) * nd, how, how == "im2col" and _use_flat(spec.out_sizes, rs))
+                   (0,) * nd, (1,) * nd, how, how == "im2col" and _use_flat(spec.out_sizes, rs, spec.c_out))
         src = _phase_source(x, spec, plan, _tail(plan.sph, [job]), workers)
-        _gather(src, [job], y, spec, G, workers)
+        _gather(src, [job], y, spec, G, workers, _flops(spec, plan) >= _PAR_MIN_FLOPS)
     if plan.dead:                  # dead taps multiply padding zeros: 0, or NaN for a non-finite w
         w = weight.reshape(weight.shape[0], weight.shape[1], -1)[:, :, list(plan.dead)]
         if not _finite(w):
@@ -774,14 +785,14 @@ def _grad_input(gy, weight, spec, plan):
         wt = _weights(weight, spec, kidx).transpose(0, 1, 3, 2)        # (T, G, C_in/g, C_out/g)
         jobs.append(_Job([_Taps(0, start, blk.qstep, blk.counts)], wt, box,
                          tuple(f[2] for f in fills), spec.stride, how,
-                         how == "im2col" and _use_flat(box, grs)))
+                         how == "im2col" and _use_flat(box, grs, spec.c_in)))
     if not jobs:
         return gx
     src = _source(gshape, spec.c_out, spec.n, _tail(gshape, jobs), spec.dtype)
     _copy(src.grid[0][(slice(None), slice(None)) + tuple(slice(f, f + o) for f, o in
                                                          zip(front, spec.out_sizes))],
           gy, workers)
-    _gather(src, jobs, gx, spec, G, workers)
+    _gather(src, jobs, gx, spec, G, workers, _flops(spec, plan) >= _PAR_MIN_FLOPS)
     return gx
 
 
@@ -826,7 +837,8 @@ def _grad_input_nonfinite(gy, weight, spec, plan):
 
 def _grad_weight(gy, x, spec, plan, gb):
     """dL/dW (C_out, C_in/g, *k): the sum over chunks of gy_chunk @ patch_chunk^T (the forward's
-    patch), added to one accumulator in chunk order; one partial buffer per worker thread."""
+    patch), accumulated in place in a fixed order (see below): besides the chunk buffers, at
+    most _SLOTS weight-sized accumulators and partials."""
     G, K = spec.groups, math.prod(spec.kernel)
     cgi, cgo = spec.c_in // G, spec.c_out // G
     gw = np.zeros((G, cgo, cgi, K), dtype=spec.dtype)
@@ -835,7 +847,7 @@ def _grad_weight(gy, x, spec, plan, gb):
         out, nd = spec.out_sizes, len(spec.out_sizes)
         rs = tuple(math.prod(plan.sph[a + 1:]) for a in range(len(plan.sph)))
         taps, T = _forward_taps(plan), len(plan.kidx)
-        flat = _use_flat(out, rs)
+        flat = _use_flat(out, rs, spec.c_out)
         src = _phase_source(x, spec, plan, _tail(plan.sph, [_Job(taps, None, out, None, None, "",
                                                                   flat)]), workers)
         if flat and not _finite(src.flat):
@@ -844,13 +856,12 @@ def _grad_weight(gy, x, spec, plan, gb):
         per = T * spec.c_in + spec.c_out                           # patch + gradient chunk
         if flat:
             per = math.ceil(per * _waste(out, rs))
-        chunks, most = _chunks(spec.n, out, per, budget)
-        acc = np.zeros((G, cgo, T * cgi), dtype=spec.dtype)
-        local = threading.local()
-        turn = threading.Condition()
-        done, failed = [0], []
+        # bigger chunks than the forward's: each adds a weight-sized partial
+        split = _flops(spec, plan) >= _PAR_MIN_FLOPS
+        chunks, most = _chunks(spec.n, out, per, budget, 4 * _MIN_ROWS, split)
+        count = sum(1 for _ in chunks)
 
-        def partial(ch):
+        def partial(ch, part):
             nn, sub = ch.n1 - ch.n0, _sub(ch, out)
             gv = _box_view(gy, (0,) * nd, (1,) * nd, out, ch, G)     # (nn, G, C_out/g, *sub)
             if flat:
@@ -868,28 +879,23 @@ def _grad_weight(gy, x, spec, plan, gb):
                     g[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
             patch = np.empty((G, T * cgi, L), dtype=spec.dtype)
             _fill_patch(patch, src, taps, ch, out, G, flat, gw_layout=True)
-            part = getattr(local, "part", None)
-            if part is None:
-                part = local.part = np.empty((G, cgo, T * cgi), dtype=spec.dtype)
             np.matmul(g.reshape(G, cgo, L), patch.transpose(0, 2, 1), out=part)
-            return part
 
-        def work(i, ch):
-            try:
-                part = partial(ch)
-            except BaseException:
-                with turn:
-                    failed.append(True)
-                    turn.notify_all()
-                raise
-            with turn:                 # fixed reduction order: chunk i is added i-th
-                turn.wait_for(lambda: done[0] == i or failed)
-                if not failed:
-                    np.add(acc, part, out=acc)
-                    done[0] += 1
-                turn.notify_all()
+        # Fixed reduction order whatever the scheduling: chunk i is added to slot i % S, each
+        # slot by one thread in chunk order, and the S slots are summed in order at the end.
+        S = min(_SLOTS, count)
+        accs = np.zeros((S, G, cgo, T * cgi), dtype=spec.dtype)
 
-        _run(work, ((c,) for c in chunks), _limit(workers, per * most, budget))
+        def work(i, slot):
+            part = np.empty((G, cgo, T * cgi), dtype=spec.dtype)
+            for ch in itertools.islice(_chunks(spec.n, out, per, budget, 4 * _MIN_ROWS, split)[0], slot, None, S):
+                partial(ch, part)
+                np.add(accs[slot], part, out=accs[slot])
+
+        _run(work, [(s,) for s in range(S)], _limit(workers, per * most, budget))
+        acc = accs[0]
+        for k in range(1, S):
+            acc += accs[k]
         gw[..., list(plan.kidx)] = acc.reshape(G, cgo, T, cgi).transpose(0, 1, 3, 2)
     if plan.dead:                  # dead taps: sum of g * 0, NaN where g has a non-finite value
         gwv = gw.reshape(spec.c_out, cgi, K)
