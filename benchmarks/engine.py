@@ -9,10 +9,11 @@ For every shape, forward and backward (grad_x + grad_weight), float32:
 * ``GEMM``: NumPy's single-precision GEMM throughput on the matrix products the pass amounts to
   (im2col shapes), at the same thread count: forward ``(C_out, K*C_in) @ (K*C_in, M)``, backward
   ``(C_out, M) @ (M, K*C_in)`` plus ``(K*C_in, C_out) @ (C_out, M)`` (per group; ``K`` = taps,
-  ``M`` = N * output positions). Each product is timed as one ``np.matmul`` call and in column blocks
-  of 1024 and 4096 (a big GEMM is often slower than cache-sized ones) and, with several threads,
-  split over that many Python threads with single-threaded BLAS; the best counts. This is the limit
-  of an engine built on NumPy; ``share`` = atrous / GEMM.
+  ``M`` = N * output positions). Each product is timed in both memory layouts (``a @ b`` and
+  ``b.T @ a.T``), as one ``np.matmul`` call and in blocks of 1024 and 4096 (a big GEMM is often
+  slower than cache-sized ones) and, with several threads, split over that many Python threads with
+  single-threaded BLAS; the best counts. This is the limit of an engine built on NumPy; ``share``
+  = atrous / GEMM.
 
 FLOPs = 2 * N * C_out * prod(out) * C_in/groups * prod(k) for the forward, twice that for the
 backward. Times are the best of ``--repeat`` runs, alternating atrous, torch and the GEMM so that
@@ -96,43 +97,48 @@ def once(fn):
 
 
 class Gemm:
-    """``out = a @ b`` for batched (per group) float32 operands, timed in several ways at the
-    same thread count; ``time()`` runs every variant once and returns the best time seen so far.
+    """The product ``(m, k) @ (k, n)`` (per group, float32) timed in several ways at the same
+    thread count; ``time()`` runs every variant once and returns the best time seen so far.
 
-    Variants: one ``np.matmul`` call, column blocks of 4096 and 1024, and -- with T > 1 threads --
-    the columns split over T Python threads that each run single-threaded BLAS (how the engine's
-    chunk pool runs; OpenBLAS's own threads often do worse on a shared machine)."""
+    Variants: both memory layouts (``a @ b``, and ``b.T @ a.T`` with contiguous transposes: OpenBLAS
+    can be 2x faster in one of them), each as one ``np.matmul`` call and in blocks of 4096 and 1024
+    along ``n``, and -- with T > 1 threads -- the blocks split over T Python threads that each run
+    single-threaded BLAS (how the engine's chunk pool runs)."""
 
     def __init__(self, rng, g, m, k, n, threads):
-        self.a = rng.standard_normal((g, m, k), dtype=np.float32)
-        self.b = rng.standard_normal((g, k, n), dtype=np.float32)
-        self.out = np.empty((g, m, n), dtype=np.float32)
-        self.threads = threads
+        self.ops = [(rng.standard_normal((g, m, k), dtype=np.float32),        # out = a @ b
+                     rng.standard_normal((g, k, n), dtype=np.float32), np.empty((g, m, n), np.float32)),
+                    (rng.standard_normal((g, n, k), dtype=np.float32),        # out.T = b.T @ a.T
+                     rng.standard_normal((g, k, m), dtype=np.float32), np.empty((g, n, m), np.float32))]
+        self.threads, self.n = threads, n
         blocks = [n] + [bl for bl in (4096, 1024) if bl < n]
-        self.variants = [(bl, False) for bl in blocks]
+        self.variants = [(lay, bl, False) for lay in (0, 1) for bl in blocks]
         if threads > 1:
-            self.variants += [(bl, True) for bl in blocks if bl * threads <= n or bl == n]
+            self.variants += [(lay, bl, True) for lay in (0, 1) for bl in blocks
+                              if bl * threads <= n or bl == n]
         self.best = [math.inf] * len(self.variants)
 
-    def run(self, c0, c1, block):
-        a, b, out = self.a, self.b, self.out
+    def run(self, lay, c0, c1, block):
+        a, b, out = self.ops[lay]
         for c in range(c0, c1, block):
             e = min(c + block, c1)
-            np.matmul(a, b[:, :, c:e], out=out[:, :, c:e])
+            if lay == 0:
+                np.matmul(a, b[:, :, c:e], out=out[:, :, c:e])
+            else:
+                np.matmul(a[:, c:e], b, out=out[:, c:e])
 
-    def run_split(self, block):
+    def run_split(self, lay, block):
         from concurrent.futures import ThreadPoolExecutor
 
         from threadpoolctl import threadpool_limits
-        n, T = self.b.shape[2], self.threads
-        cuts = [n * i // T for i in range(T + 1)]
+        T = self.threads
+        cuts = [self.n * i // T for i in range(T + 1)]
         with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(T) as ex:
-            list(ex.map(lambda i: self.run(cuts[i], cuts[i + 1], block), range(T)))
+            list(ex.map(lambda i: self.run(lay, cuts[i], cuts[i + 1], block), range(T)))
 
     def time(self):
-        n = self.b.shape[2]
-        for i, (bl, split) in enumerate(self.variants):
-            fn = (lambda: self.run_split(bl)) if split else (lambda: self.run(0, n, bl))
+        for i, (lay, bl, split) in enumerate(self.variants):
+            fn = (lambda: self.run_split(lay, bl)) if split else (lambda: self.run(lay, 0, self.n, bl))
             self.best[i] = min(self.best[i], once(fn))
         return min(self.best)
 

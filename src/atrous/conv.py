@@ -538,13 +538,15 @@ def _waste(box, rs):
 
 
 def _use_flat(box, rs, c_dst):
-    if len(box) < 2:
+    if len(box) < 3:
         return False
     if _FORCE_MODE is not None:
         return _FORCE_MODE == "flat"
-    # short lines make cropped windows slow to copy; a flat slice copies fast but the GEMM also
-    # computes the padding columns, which costs in proportion to the output channels
-    return box[-1] < 64 and (_waste(box, rs) - 1) * c_dst <= 16
+    # Measured (benchmarks/engine.py): cropped windows win in 1-D and 2-D, even for 8-sample lines;
+    # for 3-D with lines of <= 16 samples a flat span per plane copies faster, as long as the extra
+    # GEMM columns it computes (the padding inside a plane; their cost grows with C_out) are few.
+    waste = ((box[1] - 1) * rs[1] + box[2]) / (box[1] * box[2])
+    return box[-1] <= 16 and (waste - 1) * c_dst <= 16
 
 
 def _strategy(c_red, c_acc, groups) -> str:
@@ -567,20 +569,29 @@ def _sub_rs(ch, box, rs):
     return tuple(rs[len(box) - len(_sub(ch, box)):])
 
 
-def _span(ch, box, rs):
-    """Length of a flat window covering the chunk."""
-    return sum((b - 1) * r for b, r in zip(_sub(ch, box), _sub_rs(ch, box, rs))) + 1
+def _flat_geom(ch, box, rs):
+    """Layout of the chunk's flat windows, in elements: their shape and strides in the source
+    grid, and the strides of the chunk's sub-box inside a compact buffer of that shape. Chunks of
+    whole 3-D planes keep the planes apart (one flat span per plane: fewer padding columns than
+    one span across planes); others are one flat span."""
+    sub = _sub(ch, box)
+    if len(box) == 3 and ch.a <= 0:
+        span = (box[1] - 1) * rs[1] + box[2]
+        return (sub[0], span), (rs[0], 1), (span, rs[1], 1)
+    srs = _sub_rs(ch, box, rs)
+    return (sum((b - 1) * r for b, r in zip(sub, srs)) + 1,), (1,), srs
 
 
 def _tap_view(src, tb, ch, box, flat):
     """All taps of block ``tb`` for chunk ``ch`` as one strided view (nn, C, *counts, *sub), or
-    (nn, C, *counts, span) for flat windows."""
+    (nn, C, *counts, *flat shape) for flat windows (see _flat_geom)."""
     S, N, C, Pf = src.flat.shape
     isz = src.flat.itemsize
     off = sum((st + i) * r for st, i, r in zip(tb.start, _lead(ch, box), src.rs))
     lead = (C * Pf * isz, Pf * isz) + tuple(sp * r * isz for sp, r in zip(tb.step, src.rs))
     if flat:
-        shape, strides = (_span(ch, box, src.rs),), (isz,)
+        shape, strides, _ = _flat_geom(ch, box, src.rs)
+        strides = tuple(r * isz for r in strides)
     else:
         shape, strides = _sub(ch, box), tuple(r * isz for r in _sub_rs(ch, box, src.rs))
     return np.ndarray((ch.n1 - ch.n0, C) + tb.counts + shape, dtype=src.flat.dtype, buffer=src.flat,
@@ -625,10 +636,11 @@ def _box_view(arr, origin, step, box, ch, groups):
 
 
 def _crop_view(seg, ch, box, rs):
-    """The real positions of a flat-window array seg (..., span) (C-contiguous) as (..., *sub)."""
+    """The real positions of a flat-window array seg (..., L) (C-contiguous, L = the size of the
+    chunk's flat shape) as (..., *sub)."""
     isz = seg.itemsize
     return np.ndarray(seg.shape[:-1] + _sub(ch, box), dtype=seg.dtype, buffer=seg,
-                      strides=seg.strides[:-1] + tuple(r * isz for r in _sub_rs(ch, box, rs)))
+                      strides=seg.strides[:-1] + tuple(r * isz for r in _flat_geom(ch, box, rs)[2]))
 
 
 def _limit(workers, biggest, budget):
@@ -681,7 +693,7 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
                     t += 1
             return
         if job.flat:                       # GEMM over the flat windows, then drop the padding
-            span = _span(ch, job.box, src.rs)
+            span = math.prod(_flat_geom(ch, job.box, src.rs)[0])
             patch = np.empty((nn, groups, T * csg, span), dtype=spec.dtype)
             _fill_patch(patch, src, job.taps, ch, job.box, groups, True)
             seg = np.empty((nn, groups, cdg, span), dtype=spec.dtype)
@@ -865,7 +877,7 @@ def _grad_weight(gy, x, spec, plan, gb):
             nn, sub = ch.n1 - ch.n0, _sub(ch, out)
             gv = _box_view(gy, (0,) * nd, (1,) * nd, out, ch, G)     # (nn, G, C_out/g, *sub)
             if flat:
-                span = _span(ch, out, rs)
+                span = math.prod(_flat_geom(ch, out, rs)[0])
                 L = nn * span
                 g = np.zeros((G, cgo, nn, span), dtype=spec.dtype)   # zeros off the real outputs
                 _crop_view(g, ch, out, rs)[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
@@ -879,15 +891,16 @@ def _grad_weight(gy, x, spec, plan, gb):
                     g[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
             patch = np.empty((G, T * cgi, L), dtype=spec.dtype)
             _fill_patch(patch, src, taps, ch, out, G, flat, gw_layout=True)
-            np.matmul(g.reshape(G, cgo, L), patch.transpose(0, 2, 1), out=part)
+            # (dW)^T = patch @ g^T: OpenBLAS runs this layout up to 2x faster than g @ patch^T
+            np.matmul(patch, g.reshape(G, cgo, L).transpose(0, 2, 1), out=part)
 
         # Fixed reduction order whatever the scheduling: chunk i is added to slot i % S, each
         # slot by one thread in chunk order, and the S slots are summed in order at the end.
         S = min(_SLOTS, count)
-        accs = np.zeros((S, G, cgo, T * cgi), dtype=spec.dtype)
+        accs = np.zeros((S, G, T * cgi, cgo), dtype=spec.dtype)
 
         def work(i, slot):
-            part = np.empty((G, cgo, T * cgi), dtype=spec.dtype)
+            part = np.empty((G, T * cgi, cgo), dtype=spec.dtype)
             for ch in itertools.islice(_chunks(spec.n, out, per, budget, 4 * _MIN_ROWS, split)[0], slot, None, S):
                 partial(ch, part)
                 np.add(accs[slot], part, out=accs[slot])
@@ -896,7 +909,7 @@ def _grad_weight(gy, x, spec, plan, gb):
         acc = accs[0]
         for k in range(1, S):
             acc += accs[k]
-        gw[..., list(plan.kidx)] = acc.reshape(G, cgo, T, cgi).transpose(0, 1, 3, 2)
+        gw[..., list(plan.kidx)] = acc.reshape(G, T, cgi, cgo).transpose(0, 3, 2, 1)
     if plan.dead:                  # dead taps: sum of g * 0, NaN where g has a non-finite value
         gwv = gw.reshape(spec.c_out, cgi, K)
         for o in np.flatnonzero(~np.isfinite(gb)):      # (a finite sum has only finite terms)
