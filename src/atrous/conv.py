@@ -86,6 +86,7 @@ _BUDGET = _DEFAULT_BUDGET
 # _MIN_ROWS positions so that the GEMMs stay efficient. Tuned with benchmarks/engine.py.
 _CHUNK_ELEMS = 1 << 18
 _MIN_ROWS = 256
+_FUSED_ROWS = 512           # backward chunks: each also adds a weight-sized partial
 # The budget is shared by up to _SLOTS chunks running at once (a constant of the machine, so that
 # the chunking, hence every rounding, never depends on how many threads happen to run).
 _SLOTS = max(1, min(os.cpu_count() or 1, 8))
@@ -758,18 +759,9 @@ def _forward(x, weight, spec):
 
 
 # ------------------------------------------------------------------------------------- backward
-def _grad_input(gy, weight, spec, plan):
-    """dL/dx (N, C_in, *in) for dL/dy = gy (N, C_out, *out): the transposed convolution, one
-    gather per input phase (see the module docstring). Non-finite weights: see
-    _grad_input_nonfinite."""
-    if plan.blocks and not _finite(weight):
-        return _grad_input_nonfinite(gy, weight, spec, plan)
-    G = spec.groups
-    gx = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
-    if not plan.blocks:
-        return gx
-    workers = _max_workers(_flops(spec, plan))
-    how = _strategy(spec.c_out // G, spec.c_in // G, G)
+def _transpose_jobs(gy, weight, spec, plan, how, workers, flat_ok=True):
+    """The transposed convolution of gy as gathers, one job per input phase: (the zero-padded
+    gy source, the jobs, the flat kernel index of each job's taps in the job's tap order)."""
     # Input phase r of an axis holds grid slots [q0, q1) of real inputs; slot q sums, over the
     # run of taps i of that phase, W_i^T g[q - qoff0 - qstep*i]. Read in reverse tap order the
     # shifts increase: tap i' = count-1-i reads g at q - qoff_last + qstep*i'. g is zero-padded
@@ -785,7 +777,7 @@ def _grad_input(gy, weight, spec, plan):
         back.append(max(need_hi))
     gshape = tuple(o + f + b for o, f, b in zip(spec.out_sizes, front, back))
     grs = tuple(math.prod(gshape[a + 1:]) for a in range(len(gshape)))
-    jobs = []
+    jobs, kidxs = [], []
     for blk, combo in zip(plan.blocks, np.ndindex(*plan.nres)):
         fills = [ax.fill[r] for ax, r in zip(plan.axes, combo)]
         box = tuple(q1 - q0 for q0, q1, _ in fills)
@@ -797,15 +789,102 @@ def _grad_input(gy, weight, spec, plan):
         wt = _weights(weight, spec, kidx).transpose(0, 1, 3, 2)        # (T, G, C_in/g, C_out/g)
         jobs.append(_Job([_Taps(0, start, blk.qstep, blk.counts)], wt, box,
                          tuple(f[2] for f in fills), spec.stride, how,
-                         how == "im2col" and _use_flat(box, grs, spec.c_in)))
-    if not jobs:
+                         flat_ok and how == "im2col" and _use_flat(box, grs, spec.c_in)))
+        kidxs.append(kidx)
+    src = None
+    if jobs:
+        src = _source(gshape, spec.c_out, spec.n, _tail(gshape, jobs), spec.dtype)
+        _copy(src.grid[0][(slice(None), slice(None)) + tuple(slice(f, f + o) for f, o in
+                                                             zip(front, spec.out_sizes))],
+              gy, workers)
+    return src, jobs, kidxs
+
+
+def _grad_input(gy, weight, spec, plan):
+    """dL/dx (N, C_in, *in) for dL/dy = gy (N, C_out, *out): the transposed convolution, one
+    gather per input phase (see the module docstring). Non-finite weights: see
+    _grad_input_nonfinite."""
+    if plan.blocks and not _finite(weight):
+        return _grad_input_nonfinite(gy, weight, spec, plan)
+    G = spec.groups
+    gx = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
+    if not plan.blocks:
         return gx
-    src = _source(gshape, spec.c_out, spec.n, _tail(gshape, jobs), spec.dtype)
-    _copy(src.grid[0][(slice(None), slice(None)) + tuple(slice(f, f + o) for f, o in
-                                                         zip(front, spec.out_sizes))],
-          gy, workers)
-    _gather(src, jobs, gx, spec, G, workers, _flops(spec, plan) >= _PAR_MIN_FLOPS)
+    workers = _max_workers(_flops(spec, plan))
+    src, jobs, _ = _transpose_jobs(gy, weight, spec, plan, _strategy(spec.c_out // G, spec.c_in // G, G),
+                                   workers)
+    if jobs:
+        _gather(src, jobs, gx, spec, G, workers, _flops(spec, plan) >= _PAR_MIN_FLOPS)
     return gx
+
+
+def _backward(gy, x, weight, spec, plan, gb):
+    """(dL/dx, dL/dW) together: per input phase, the patch P of zero-padded gy windows gives
+    ``dx = W^T P`` and, for the taps of that phase, ``(dW)^T += P x^T`` with x at the same
+    positions (``dW_j = sum_r g[r - qoff_j] x[r]^T``: the same sum as in the module docstring,
+    indexed by the input position r). One patch instead of two. Exact only when x, gy and W are
+    finite -- the zero rows of the padded gy then multiply finite x -- and used only then."""
+    G = spec.groups
+    cgi, cgo = spec.c_in // G, spec.c_out // G
+    if (not plan.blocks or _strategy(cgo, cgi, G) != "im2col" or _FORCE_MODE == "flat"
+            or not (_finite(weight) and _finite(gy) and _finite(x))):
+        return _grad_input(gy, weight, spec, plan), _grad_weight(gy, x, spec, plan, gb)
+    workers = _max_workers(_flops(spec, plan))
+    split = _flops(spec, plan) >= _PAR_MIN_FLOPS
+    src, jobs, kidxs = _transpose_jobs(gy, weight, spec, plan, "im2col", workers, flat_ok=False)
+    gx = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
+    x = np.ascontiguousarray(x)
+    budget = max(1, spec.budget // spec.dtype.itemsize)
+    rows, T, pers, biggest, wmats = [], 0, [], 1, []
+    for job, kidx in zip(jobs, kidxs):
+        rows.append(T)
+        T += len(kidx)
+        per = len(kidx) * cgo + 2 * cgi                         # patch, dx chunk, x chunk
+        pers.append(per)
+        biggest = max(biggest, per * _chunks(spec.n, job.box, per, budget, _FUSED_ROWS, split)[1])
+        wmats.append(np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3)).reshape(G, cgi, -1))
+
+    def chunks():
+        for ji, job in enumerate(jobs):
+            for ch in _chunks(spec.n, job.box, pers[ji], budget, _FUSED_ROWS, split)[0]:
+                yield ji, ch
+
+    count = sum(1 for _ in chunks())
+    S = min(_SLOTS, count)
+    accs = np.zeros((S, G, T * cgo, cgi), dtype=spec.dtype)     # (dW)^T per slot, taps in job order
+    M = math.prod(spec.in_sizes)
+
+    def work(i, slot):   # chunk i goes to slot i % S; each slot is one thread, in chunk order
+        for ji, ch in itertools.islice(chunks(), slot, None, S):
+            job = jobs[ji]
+            Tp, nn, sub = len(kidxs[ji]), ch.n1 - ch.n0, _sub(ch, job.box)
+            L = nn * math.prod(sub)
+            patch = np.empty((G, Tp * cgo, L), dtype=spec.dtype)
+            _fill_patch(patch, src, job.taps, ch, job.box, G, False, gw_layout=True)
+            direct = (nn == 1 and all(s_ == 1 for s_ in job.step) and tuple(job.box) == spec.in_sizes)
+            if direct:                                          # dx and x of the chunk, in place
+                r0, r1 = _flat_range(ch, job.box)
+                np.matmul(wmats[ji], patch, out=gx[ch.n0].reshape(G, cgi, M)[:, :, r0:r1])
+                xm = x[ch.n0].reshape(G, cgi, M)[:, :, r0:r1]
+            else:
+                order = (1, 2, 0) + tuple(range(3, 3 + len(sub)))
+                out = np.matmul(wmats[ji], patch)               # (G, C_in/g, L)
+                dv = _box_view(gx, job.origin, job.step, job.box, ch, G)
+                dv[...] = out.reshape((G, cgi, nn) + sub).transpose(
+                    (2, 0, 1) + tuple(range(3, 3 + len(sub))))
+                xm = np.empty((G, cgi, nn) + sub, dtype=spec.dtype)
+                xm[...] = _box_view(x, job.origin, job.step, job.box, ch, G).transpose(order)
+            part = np.matmul(patch, xm.reshape(G, cgi, L).transpose(0, 2, 1))   # (G, Tp*C_out/g, C_in/g)
+            acc = accs[slot, :, rows[ji] * cgo:(rows[ji] + Tp) * cgo]
+            np.add(acc, part, out=acc)
+
+    _run(work, [(s_,) for s_ in range(S)], _limit(workers, biggest, budget))
+    acc = accs[0]
+    for k in range(1, S):
+        acc += accs[k]
+    gw = np.zeros((G, cgo, cgi, math.prod(spec.kernel)), dtype=spec.dtype)
+    gw[..., np.concatenate(kidxs)] = acc.reshape(G, T, cgo, cgi).transpose(0, 2, 3, 1)
+    return gx, gw.reshape((spec.c_out, cgi) + spec.kernel)
 
 
 def _grad_input_nonfinite(gy, weight, spec, plan):
@@ -1025,8 +1104,6 @@ def conv_grad(grad_output, x, weight, bias=None, stride=1, padding=0, dilation=1
             gx = np.zeros(x.shape, dtype=spec.dtype)
             gw = np.zeros(weight.shape, dtype=spec.dtype)
         else:
-            plan = _plan(spec)
-            gx = _grad_input(gy, weight, spec, plan)
-            gw = _grad_weight(gy, x.astype(spec.dtype, copy=False), spec, plan, gb)
+            gx, gw = _backward(gy, x.astype(spec.dtype, copy=False), weight, spec, _plan(spec), gb)
         return (gx.astype(spec.out_dtype, copy=False), gw.astype(spec.out_dtype, copy=False),
                 gb.astype(spec.out_dtype, copy=False))
