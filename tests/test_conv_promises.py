@@ -402,3 +402,29 @@ def test_bit_identical_under_any_scheduling_and_concurrent_callers():
     # and the values are right
     ref = ref_conv(x.astype(np.float64), w.astype(np.float64), None, (1, 1), ((2, 2), (3, 3)), (2, 3), 1)
     np.testing.assert_allclose(serial[0], ref, rtol=1e-4, atol=1e-3)
+
+
+# --------------------------------------------------------------------------------- slow sweeps
+@pytest.mark.slow
+@needs_torch
+@given(sparse_case())
+@settings(max_examples=800)
+def test_slow_sparse_geometry(c):
+    test_sparse_geometry_matches_torch.hypothesis.inner_test(c)
+
+
+@pytest.mark.slow
+@needs_torch
+@given(conv_case(), st.integers(0, 3), st.integers(0, 2), st.integers(0, 3), st.integers(0, 1),
+       st.sampled_from(STRATEGIES))
+@settings(max_examples=1000)
+def test_slow_nan_and_inf(c, n_x, n_w, n_gy, zero_gy, how):
+    test_nan_and_inf_like_torch.hypothesis.inner_test(c, n_x, n_w, n_gy, zero_gy, how)
+
+
+@pytest.mark.slow
+@needs_torch
+@given(conv_case(max_size=5), st.integers(0, 3), st.integers(0, 2), st.sampled_from(STRATEGIES))
+@settings(max_examples=600)
+def test_slow_conv_transpose_nan_and_inf(c, n_x, n_w, how):
+    test_conv_transpose_nan_and_inf_like_torch.hypothesis.inner_test(c, n_x, n_w, how)
