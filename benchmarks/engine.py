@@ -148,7 +148,7 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ap.add_argument("--only", default="", help="run the shapes whose name contains this")
-    ap.add_argument("--strategy", default=None, choices=("im2col", "elementwise"),
+    ap.add_argument("--strategy", default=None, choices=("im2col", "tap", "elementwise"),
                     help="force one engine strategy (default: the engine's choice)")
     ap.add_argument("--mode", default=None, choices=("crop", "flat"),
                     help="force the tap-window mode (default: the engine's choice)")

@@ -554,8 +554,13 @@ def _strategy(c_red, c_acc, groups) -> str:
     """How to contract ``c_red`` channels (per group) into ``c_acc`` ones."""
     if _FORCE is not None:
         return _FORCE
-    # depthwise: a broadcast multiply-add per tap beats a batch of 1-row GEMMs
-    return "elementwise" if c_red == 1 and c_acc == 1 and groups > 1 else "im2col"
+    if c_red == 1 and c_acc == 1 and groups > 1:
+        return "elementwise"       # depthwise: a broadcast multiply-add per tap
+    if c_acc * 4 <= c_red and c_red >= 8:
+        # few channels out of many: one GEMM per tap straight on the flat windows (no patch of
+        # T*c_red rows for a result of c_acc rows), accumulated
+        return "tap"
+    return "im2col"
 
 
 def _lead(ch, box):
@@ -570,20 +575,20 @@ def _sub_rs(ch, box, rs):
     return tuple(rs[len(box) - len(_sub(ch, box)):])
 
 
-def _flat_geom(ch, box, rs):
+def _flat_geom(ch, box, rs, single=False):
     """Layout of the chunk's flat windows, in elements: their shape and strides in the source
     grid, and the strides of the chunk's sub-box inside a compact buffer of that shape. Chunks of
     whole 3-D planes keep the planes apart (one flat span per plane: fewer padding columns than
-    one span across planes); others are one flat span."""
+    one span across planes) unless ``single``; others are one flat span."""
     sub = _sub(ch, box)
-    if len(box) == 3 and ch.a <= 0:
+    if len(box) == 3 and ch.a <= 0 and not single:
         span = (box[1] - 1) * rs[1] + box[2]
         return (sub[0], span), (rs[0], 1), (span, rs[1], 1)
     srs = _sub_rs(ch, box, rs)
     return (sum((b - 1) * r for b, r in zip(sub, srs)) + 1,), (1,), srs
 
 
-def _tap_view(src, tb, ch, box, flat):
+def _tap_view(src, tb, ch, box, flat, single=False):
     """All taps of block ``tb`` for chunk ``ch`` as one strided view (nn, C, *counts, *sub), or
     (nn, C, *counts, *flat shape) for flat windows (see _flat_geom)."""
     S, N, C, Pf = src.flat.shape
@@ -591,7 +596,7 @@ def _tap_view(src, tb, ch, box, flat):
     off = sum((st + i) * r for st, i, r in zip(tb.start, _lead(ch, box), src.rs))
     lead = (C * Pf * isz, Pf * isz) + tuple(sp * r * isz for sp, r in zip(tb.step, src.rs))
     if flat:
-        shape, strides, _ = _flat_geom(ch, box, src.rs)
+        shape, strides, _ = _flat_geom(ch, box, src.rs, single)
         strides = tuple(r * isz for r in strides)
     else:
         shape, strides = _sub(ch, box), tuple(r * isz for r in _sub_rs(ch, box, src.rs))
@@ -636,12 +641,12 @@ def _box_view(arr, origin, step, box, ch, groups):
     return v.reshape((v.shape[0], groups, v.shape[1] // groups) + v.shape[2:])
 
 
-def _crop_view(seg, ch, box, rs):
+def _crop_view(seg, ch, box, rs, single=False):
     """The real positions of a flat-window array seg (..., L) (C-contiguous, L = the size of the
     chunk's flat shape) as (..., *sub)."""
     isz = seg.itemsize
     return np.ndarray(seg.shape[:-1] + _sub(ch, box), dtype=seg.dtype, buffer=seg,
-                      strides=seg.strides[:-1] + tuple(r * isz for r in _flat_geom(ch, box, rs)[2]))
+                      strides=seg.strides[:-1] + tuple(r * isz for r in _flat_geom(ch, box, rs, single)[2]))
 
 
 def _limit(workers, biggest, budget):
@@ -662,6 +667,8 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
                   and tuple(job.box) == dst.shape[2:])
         if job.how == "elementwise":
             per = cd                                               # one product buffer
+        elif job.how == "tap":
+            per = math.ceil(2 * cd * _waste(job.box, src.rs))      # result + one product
         elif job.flat:
             per = math.ceil((T * cs + cd) * _waste(job.box, src.rs))   # patch + result
         else:
@@ -692,6 +699,21 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
                         if t or c:
                             np.add(dv, tmp, out=dv)
                     t += 1
+            return
+        if job.how == "tap":               # one GEMM per tap on the flat windows, accumulated
+            span = _flat_geom(ch, job.box, src.rs, True)[0][0]
+            seg = np.empty((nn, groups, cdg, span), dtype=spec.dtype)
+            tmp = np.empty_like(seg)
+            t = 0
+            for tb in job.taps:
+                v = _tap_view(src, tb, ch, job.box, True, True)          # (nn, C, *counts, span)
+                v = v.reshape((nn, groups, csg) + v.shape[2:])
+                for idx in np.ndindex(*tb.counts):
+                    np.matmul(job.wt[t], v[(slice(None),) * 3 + idx], out=tmp if t else seg)
+                    if t:
+                        np.add(seg, tmp, out=seg)
+                    t += 1
+            dv[...] = _crop_view(seg, ch, job.box, src.rs, True)
             return
         if job.flat:                       # GEMM over the flat windows, then drop the padding
             span = math.prod(_flat_geom(ch, job.box, src.rs)[0])
@@ -748,7 +770,8 @@ def _forward(x, weight, spec):
         how = _strategy(spec.c_in // G, spec.c_out // G, G)
         nd = len(spec.out_sizes)
         job = _Job(_forward_taps(plan), _weights(weight, spec, plan.kidx), spec.out_sizes,
-                   (0,) * nd, (1,) * nd, how, how == "im2col" and _use_flat(spec.out_sizes, rs, spec.c_out))
+                   (0,) * nd, (1,) * nd, how,
+                   how == "tap" or (how == "im2col" and _use_flat(spec.out_sizes, rs, spec.c_out)))
         src = _phase_source(x, spec, plan, _tail(plan.sph, [job]), workers)
         _gather(src, [job], y, spec, G, workers, _flops(spec, plan) >= _PAR_MIN_FLOPS)
     if plan.dead:                  # dead taps multiply padding zeros: 0, or NaN for a non-finite w
@@ -789,7 +812,7 @@ def _transpose_jobs(gy, weight, spec, plan, how, workers, flat_ok=True):
         wt = _weights(weight, spec, kidx).transpose(0, 1, 3, 2)        # (T, G, C_in/g, C_out/g)
         jobs.append(_Job([_Taps(0, start, blk.qstep, blk.counts)], wt, box,
                          tuple(f[2] for f in fills), spec.stride, how,
-                         flat_ok and how == "im2col" and _use_flat(box, grs, spec.c_in)))
+                         how == "tap" or (flat_ok and how == "im2col" and _use_flat(box, grs, spec.c_in))))
         kidxs.append(kidx)
     src = None
     if jobs:
