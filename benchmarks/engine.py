@@ -1,6 +1,6 @@
 """Speed of the NumPy engine vs PyTorch and vs NumPy's own GEMM, measured side by side in one run.
 
-    python benchmarks/engine.py [--repeat 5] [--markdown] [--only NAME] [--threads N]
+    python benchmarks/engine.py [--repeat 5] [--markdown] [--only NAME] [--threads N] [--clock cpu]
 
 For every shape, forward and backward (grad_x + grad_weight), float32:
 
@@ -90,10 +90,13 @@ def torch_conv(torch, x, w, dilation, padding, groups):
     return conv(torch.nn.functional.pad(x, flat), w, dilation=dilation, groups=groups)
 
 
+CLOCK = time.perf_counter
+
+
 def once(fn):
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     fn()
-    return time.perf_counter() - t0
+    return CLOCK() - t0
 
 
 class Gemm:
@@ -156,7 +159,16 @@ def main(argv=None):
                     help="limit NumPy's BLAS and torch to this many threads (default: as found)")
     ap.add_argument("--serial", action="store_true",
                     help="no chunk thread pool: chunks in sequence with multi-threaded BLAS")
+    ap.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                    help="wall: elapsed time (default); cpu: CPU time of the calling thread, which "
+                         "other processes barely disturb -- only with --threads 1, where atrous, "
+                         "torch and the GEMM all run in the calling thread")
     args = ap.parse_args(argv)
+    if args.clock == "cpu":
+        if args.threads != 1:
+            ap.error("--clock cpu needs --threads 1 (with more threads the work runs on other threads)")
+        global CLOCK
+        CLOCK = time.thread_time
     torch = require("torch")
     if args.threads:
         from threadpoolctl import threadpool_limits
@@ -166,7 +178,7 @@ def main(argv=None):
     header = (f"CPU: {cpu_model()} ({os.cpu_count()} CPUs); numpy {np.__version__} BLAS: {info}; "
               f"torch {torch.__version__} threads {torch.get_num_threads()}; float32; "
               f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
-              f"load average at start {load():.2f}")
+              f"clock {args.clock}; load average at start {load():.2f}")
     print(header, flush=True)
     import importlib
     engine = importlib.import_module("atrous.conv")
