@@ -243,7 +243,6 @@ def _spec(x, weight, bias, stride, padding, dilation, groups, causal_axes, memor
     return spec, x, weight, bias
 
 
-
 # ----------------------------------------------------------------------------------------- plan
 class _Axis(NamedTuple):
     """One spatial axis: the phases that live taps read, and those taps."""
@@ -529,7 +528,7 @@ class _Job(NamedTuple):
     box: tuple
     origin: tuple    # dst index of box position 0, per axis
     step: tuple      # dst index step, per axis
-    how: str         # "im2col" or "elementwise"
+    how: str         # "im2col", "tap" or "elementwise" (see _strategy)
     flat: bool       # windows are flat slices (with the padding columns) instead of crops
 
 
