@@ -44,7 +44,7 @@ def test_sequential_rows_totals_and_shared_module():
 
     m = Shared().double()
     c = atrous.cost(m, (4, 2, 12))
-    assert [r.name for r in c.rows] == ["conv", "bn", "conv", "head"]
+    assert [r.name for r in c.rows] == ["conv", "bn", "conv_1", "head"]     # one row per call
     assert c.params == sum(p.numel() for p in m.parameters())           # shared weights counted once
     assert c.macs == 2 * (4 * 2 * 12 * 2 * 3) + 4 * 24 * 5
     assert c.rows[0].activation_bytes == 4 * 2 * 12 * 8                  # float64
@@ -53,7 +53,7 @@ def test_sequential_rows_totals_and_shared_module():
     assert "total" in c.table() and c.to_dict()["macs"] == c.macs
 
 
-def test_functional_params_are_noted():
+def test_functional_calls_are_counted():
     class Fn(nn.Module):
         def __init__(self):
             super().__init__()
@@ -63,7 +63,8 @@ def test_functional_params_are_noted():
             return F.conv1d(x, self.w)
 
     c = atrous.cost(Fn(), (1, 1, 8))
-    assert c.params == 3 and c.macs == 0 and any("functional" in n for n in c.notes)
+    assert c.params == 3 and c.macs == 6 * 3 and not c.notes          # 6 outputs x 3 taps
+    assert [(r.name, r.type) for r in c.rows] == [("conv1d", "conv1d")]
 
 
 def test_errors():
@@ -76,9 +77,96 @@ def test_errors():
 def test_atrous_nn_and_weight_normed_convs_are_counted():
     an = pytest.importorskip("atrous.nn")
     from torch.nn.utils.parametrizations import weight_norm
-    m = nn.Sequential(an.Conv1d(2, 4, 3, dilation=2, stride=2), weight_norm(an.Conv1d(4, 4, 5, padding="causal")))
+    m = nn.Sequential(an.Conv1d(2, 4, 3, dilation=2, stride=2, padding="same"),
+                      weight_norm(an.Conv1d(4, 4, 5, padding="causal")))
     c = atrous.cost(m, (3, 2, 20))
     # conv: N * C_out * out_positions * C_in/groups * kernel; 'same' at stride 2 keeps ceil(20/2) = 10
     assert c.rows[0].output_shape == (3, 4, 10) and c.rows[0].macs == 3 * 4 * 10 * 2 * 3
     assert c.rows[1].macs == 3 * 4 * 10 * 4 * 5
     assert c.params == sum(p.numel() for p in m.parameters())
+
+
+# ---------------------------------------------------------------- functional ops, attention, RNNs, modules
+
+class _Attention(nn.Module):
+    """nn.MultiheadAttention, a Linear, einsum, bmm and @: every one counted by torch's own FlopCounterMode."""
+
+    def __init__(self):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):                      # (N, C, L)
+        t = x.transpose(1, 2)
+        a, _ = self.mha(t, t, t)
+        q = self.lin(a).view(2, 5, 2, 4).transpose(1, 2)
+        e = torch.einsum("bhld,bhmd->bhlm", q, q)
+        return e.sum() + torch.bmm(a, a.transpose(1, 2)).sum() + (a @ a.transpose(1, 2)).sum()
+
+
+@pytest.mark.parametrize("make, shape", [
+    (_Attention, (2, 8, 5)),
+    (lambda: nn.ConvTranspose2d(4, 2, 4, stride=2, padding=1), (2, 4, 6, 6)),
+    (lambda: nn.Sequential(nn.Conv2d(3, 8, 3, dilation=2), nn.Conv2d(8, 8, 3, groups=4, stride=2)), (2, 3, 20, 20)),
+])
+def test_flops_equal_torch_flop_counter(make, shape):
+    from torch.utils.flop_counter import FlopCounterMode
+    m = make().eval()
+    c = atrous.cost(m, shape)
+    with FlopCounterMode(display=False) as fc:        # grad on: MultiheadAttention's fast path is not counted
+        m(torch.randn(shape))
+    assert c.flops == 2 * c.macs == fc.get_total_flops()
+
+
+def test_sdpa_and_gru_hand_counted():
+    class Sdpa(nn.Module):
+        def forward(self, x):                  # (N, C, L) -> heads of 2 channels
+            q = x.view(2, 2, 3, 7).transpose(2, 3)               # (N, heads, L=7, E=3)
+            return F.scaled_dot_product_attention(q, q, q)
+    c = atrous.cost(Sdpa(), (2, 6, 7))
+    assert c.macs == 2 * 2 * 7 * 7 * (3 + 3)                     # QK^T and AV: L*S*(E + Ev) per head
+
+    gru = nn.GRU(4, 6, num_layers=2, batch_first=True, bidirectional=True)
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = gru
+
+        def forward(self, x):
+            return self.gru(x.transpose(1, 2))[0]
+
+    c = atrous.cost(Head(), (3, 4, 7))
+    # every weight matrix is applied once per time step and batch element
+    assert c.macs == 3 * 7 * sum(p.numel() for n, p in gru.named_parameters() if n.startswith("weight"))
+    assert [r.name for r in c.rows] == ["gru"]
+
+
+def test_per_module_totals_depth_and_table():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.conv(x)) + F.conv2d(x, self.conv.weight, padding=1)   # functional: counted
+
+    m = nn.Sequential(nn.Conv2d(3, 4, 1), Block(), Block())
+    c = atrous.cost(m, (1, 3, 8, 8))
+    conv = 1 * 4 * 64 * 4 * 9
+    assert c.macs == 3 * 4 * 64 + 4 * conv
+    mods = {x.name: x for x in c.by_module()}
+    assert mods[""].macs == c.macs and mods[""].share == 1.0 and mods[""].depth == 0
+    assert mods["1"].macs == mods["2"].macs == 2 * conv and mods["1"].depth == 1
+    assert mods["1.conv"].macs == conv and mods["1.conv"].depth == 2
+    assert abs(sum(mods[k].share for k in ("0", "1", "2")) - 1.0) < 1e-12
+    assert [x.name for x in c.by_module(depth=1)] == ["", "0", "1", "2"]
+    text = str(c)
+    assert "conv2d" in text and "share" in text and "FLOPs = 2 x MACs" in text
+
+
+def test_conv_subclass_counted_without_notes():
+    an = pytest.importorskip("atrous.nn")
+    c = atrous.cost(nn.Sequential(an.Conv2d(3, 4, 3, padding="same", dilation=2)), (1, 3, 10, 10))
+    assert c.macs == 4 * 100 * 3 * 9 and not c.notes and c.rows[0].type == "Conv2d"

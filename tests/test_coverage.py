@@ -115,7 +115,7 @@ def test_model_ending_in_global_pool_reports_last_spatial_node():
     cov = atrous.coverage(net, input_shape=(1, 1, 40))
     assert cov.name == "2"
     assert np.array_equal(cov.path_counts[0], counts_array(brute_counts([(3, 1, 2), (3, 1, 4)]))[1])
-    with pytest.raises(ValueError, match="collapses space"):
+    with pytest.raises(ValueError, match="has a global field"):
         atrous.coverage(net, input_shape=(1, 1, 40), at="5")
 
 

@@ -80,5 +80,5 @@ def test_at_submodule_and_errors():
         atrous.effective_receptive_field(net, (1, 1, 20))
     with pytest.raises(ValueError, match="n_samples must be"):
         atrous.effective_receptive_field(net, (1, 1, 20), n_samples=0)
-    with pytest.raises(ValueError, match="not a submodule"):
+    with pytest.raises(ValueError, match="not a node or submodule"):
         atrous.effective_receptive_field(net, (1, 1, 20), at="9")

@@ -223,3 +223,98 @@ BAD = [
 def test_bad_input(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
+
+
+# ------------------------------------------------------------------ drop-in nn.Conv*d citizens
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_is_an_nn_conv_with_pytorch_defaults(nd):
+    """isinstance, padding=0 by default, same output as the plain class with the same weights."""
+    torch.manual_seed(6)
+    ours, ref = CONVS[nd](3, 4, 3, dilation=2), TORCH_CONVS[nd](3, 4, 3, dilation=2)
+    assert isinstance(ours, TORCH_CONVS[nd]) and isinstance(ours, torch.nn.modules.conv._ConvNd)
+    assert ours.padding == ref.padding == (0,) * nd
+    assert (ours.kernel_size, ours.stride, ours.dilation, ours.groups, ours.padding_mode) == \
+        (ref.kernel_size, ref.stride, ref.dilation, ref.groups, ref.padding_mode)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, *([9] * nd))
+    torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
+    assert ours(x).shape[2:] == (5,) * nd          # 9 - 2 * (3 - 1): 'valid', as nn.Conv*d
+
+
+@pytest.mark.parametrize("padding", [0, 2, "same", "valid"])
+def test_state_dict_interchangeable_both_ways(padding):
+    """A plain nn.Conv2d checkpoint loads into ann.Conv2d and back; outputs agree."""
+    torch.manual_seed(7)
+    plain = torch.nn.Conv2d(3, 5, 3, padding=padding, dilation=2, bias=True)
+    ours = ann.Conv2d(3, 5, 3, padding=padding, dilation=2)
+    buf = io.BytesIO()
+    torch.save(plain.state_dict(), buf)
+    buf.seek(0)
+    ours.load_state_dict(torch.load(buf, weights_only=True))
+    x = torch.randn(2, 3, 11, 10)
+    torch.testing.assert_close(ours(x), plain(x), rtol=0, atol=0)
+    with torch.no_grad():
+        ours.weight.mul_(2)
+    back = torch.nn.Conv2d(3, 5, 3, padding=padding, dilation=2)
+    back.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(back(x), ours(x), rtol=0, atol=0)
+    assert list(ours.state_dict()) == list(plain.state_dict())
+
+
+def test_repr_shows_the_padding_mode():
+    assert repr(ann.Conv1d(2, 3, 3, padding="causal", dilation=4)) == \
+        "Conv1d(2, 3, kernel_size=(3,), stride=(1,), padding=causal, dilation=(4,), causal_axes=(0,))"
+    r = repr(ann.Conv2d(2, 3, 3, stride=2, padding="same", padding_mode="reflect", bias=False))
+    assert "padding=same" in r and "padding_mode=reflect" in r and "bias=False" in r
+    assert "padding=((0, 2), (1, 1))" in repr(ann.Conv2d(2, 3, 3, padding=((0, 2), (1, 1))))
+    for kw in ({}, {"padding": 1, "dilation": 2, "groups": 2, "bias": False}, {"padding_mode": "circular"}):
+        assert repr(ann.Conv2d(2, 4, 3, **kw)) == repr(torch.nn.Conv2d(2, 4, 3, **kw))   # PyTorch's where it has one
+
+
+def test_setting_geometry_attributes_re_resolves_the_padding():
+    """Stride-to-dilation passes set m.stride/m.dilation/m.padding on nn.Conv2d instances: the
+    forward must follow (never a stale padding table), and bad values are refused."""
+    torch.manual_seed(8)
+    m = ann.Conv2d(2, 3, 3, stride=2, padding="same").double()
+    x = torch.randn(1, 2, 12, 13, dtype=torch.float64)
+    m.stride, m.dilation = 1, 2
+    assert m.stride == (1, 1) and m.dilation == (2, 2)
+    want = F.conv2d(x, m.weight, m.bias, padding=2, dilation=2)
+    torch.testing.assert_close(m(x), want, rtol=0, atol=0)
+    m.padding = (0, 3)
+    torch.testing.assert_close(m(x), F.conv2d(x, m.weight, m.bias, padding=(0, 3), dilation=2), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"dilation must be >= 1 per axis, got \(1, 0\)"):
+        m.dilation = (1, 0)
+    with pytest.raises(ValueError, match="did you mean 'causal'"):
+        m.padding = "casual"
+    assert m.dilation == (2, 2) and m.padding == (0, 3)          # a refused value leaves the layer intact
+
+
+def test_conv_forward_follows_the_padding_spec():
+    """Wrappers (LoRA, weight standardisation) call m._conv_forward(x, w, b) with their own weight."""
+    torch.manual_seed(9)
+    m = ann.Conv1d(2, 3, 3, padding="causal", dilation=3).double()
+    x = torch.randn(2, 2, 10, dtype=torch.float64)
+    w = torch.randn_like(m.weight)
+    torch.testing.assert_close(m._conv_forward(x, w, None), F.conv1d(F.pad(x, (6, 0)), w, dilation=3),
+                               rtol=0, atol=0)
+
+
+def test_fx_traces_static_padding_layers():
+    m = torch.nn.Sequential(ann.Conv2d(2, 3, 3, padding="causal", dilation=2), ann.Conv2d(3, 3, 3, padding=1))
+    gm = torch.fx.symbolic_trace(m)
+    x = torch.randn(1, 2, 9, 8)
+    torch.testing.assert_close(gm(x), m(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("padding", ["causal", ((0, 2), (1, 1)), "full", 1])
+def test_torchscript_every_padding_spec(padding):
+    m = ann.Conv2d(2, 3, 3, padding=padding, dilation=2)
+    s = torch.jit.script(m)
+    x = torch.randn(1, 2, 9, 8)
+    torch.testing.assert_close(s(x), m(x))
+    buf = io.BytesIO()
+    torch.jit.save(s, buf)
+    buf.seek(0)
+    torch.testing.assert_close(torch.jit.load(buf)(x), m(x))

@@ -1,10 +1,15 @@
 """convert_to_dilated: the converted net's feature map subsampled by the removed stride equals the
-original's (float64, exact up to summation order), on ResNet-18/50-shaped and VGG-style nets."""
+original's (float64, exact up to summation order), on ResNet-18/50-shaped nets, VGG-style nets and
+VGG-16's features in torchvision's layout (DeepLab-v1: pool4/pool5 to stride 1); functional strides
+are counted or refused by name; output_stride_of from the layers' strides; atrous.nn.AvgPool2d
+against nn.AvgPool2d and a brute-force loop."""
 
 import copy
+import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import atrous.nn as ann
@@ -121,26 +126,259 @@ def test_atrous_conv_layers_with_pair_padding():
     torch.testing.assert_close(conv(x)[:, :, ::4, ::4], net(x), rtol=1e-10, atol=1e-10)
 
 
+
+
+def vgg16_features():
+    """torchvision.models.vgg16().features, layer for layer (cfg "D": 3x3 convs with padding 1 + ReLU,
+    2x2 max pools of stride 2; indices 0..30, pool4 = [23], pool5 = [30])."""
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    layers, cin = [], 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(cin, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            cin = v
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize("os_", [8, 16])
+def test_deeplab_v1_vgg16_features(os_):
+    """DeepLab-v1 on VGG-16: pool4 (and pool5) to stride 1, the convs after them dilated; the
+    subsampled output equals the original in float64."""
+    torch.manual_seed(3)
+    model = vgg16_features().double().eval()
+    assert ann.output_stride_of(model, 64) == (32, 32)
+    conv = ann.convert_to_dilated(model, output_stride=os_, input_size=64)
+    assert conv[30].stride == (1, 1) and model[30].stride == 2                  # pool5
+    assert conv[23].stride == ((1, 1) if os_ == 8 else 2)                       # pool4
+    assert conv[24].dilation == ((2, 2) if os_ == 8 else (1, 1)) and conv[24].padding == conv[24].dilation
+    assert conv[30].dilation == ((2, 2) if os_ == 8 else (1, 1))                 # pool5 dilated at OS 8
+    assert ann.output_stride_of(conv, 64) == (os_, os_)
+    f = 32 // os_
+    for size in [(64, 64), (53, 77)]:
+        x = torch.randn(1, 3, *size, dtype=torch.float64)
+        want, got = model(x), conv(x)
+        torch.testing.assert_close(got[..., ::f, ::f], want, rtol=1e-12, atol=1e-12)
+
+
+def test_every_submodule_keeps_its_train_eval_flag():
+    """A train-mode wrapper around an eval'd backbone: the copy has the same flag on every module,
+    and the subsampling identity holds in that state (batch norm uses its running statistics)."""
+    torch.manual_seed(4)
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = randomize_bn(resnet18()).double()
+            self.head = nn.Sequential(nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)).double()
+
+        def forward(self, x):
+            return self.backbone(x)
+
+    model = Wrapper().train()
+    model.backbone.eval()
+    flags = {n: m.training for n, m in model.named_modules()}
+    conv = ann.convert_to_dilated(model, output_stride=8, input_size=64)
+    assert {n: m.training for n, m in conv.named_modules()} == flags
+    assert {n: m.training for n, m in model.named_modules()} == flags
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    torch.testing.assert_close(conv(x)[..., ::4, ::4], model(x), rtol=1e-10, atol=1e-10)
+
+
+def test_max_pool_stride_removed_and_dilated_resnet_stem():
+    """ResNet's 3x3/2 max pool (padding 1, -inf border) at output stride 2, then everything dilated."""
+    torch.manual_seed(5)
+    model = randomize_bn(resnet18()).double()
+    conv = ann.convert_to_dilated(model, output_stride=2, input_size=64)
+    assert conv[3].stride == (1, 1) and conv[3].dilation == (1, 1) and conv[4].conv1.dilation == (2, 2)
+    x = torch.randn(1, 3, 37, 40, dtype=torch.float64)
+    torch.testing.assert_close(conv(x)[..., ::16, ::16], model(x), rtol=1e-10, atol=1e-10)
+
+
+def test_max_pool_padding_beyond_pytorchs_limit_gets_explicit_minus_inf_padding():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Conv2d(3, 3, 3, stride=2, padding=1),
+                          nn.MaxPool2d(2, 2, padding=1), nn.Conv2d(3, 3, 3, padding=1)).double()
+    conv = ann.convert_to_dilated(model, output_stride=2, input_size=32)
+    assert isinstance(conv[2], nn.Sequential)                     # pad 2 > half of the dilated 2x2 window
+    for size in [(16, 16), (19, 22)]:
+        x = torch.randn(1, 2, *size, dtype=torch.float64) - 3     # negative: a zero border would show
+        torch.testing.assert_close(conv(x)[..., ::4, ::4], model(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("count_include_pad,divisor,pad", [(True, None, 0), (True, None, 1), (False, None, 1),
+                                                           (True, 3, 1)])
+def test_average_pool_becomes_dilated_average_pool(count_include_pad, divisor, pad):
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.AvgPool2d(3, 2, pad, False, count_include_pad, divisor),
+                          nn.Conv2d(3, 3, 3, padding=1), nn.AvgPool2d(2), nn.Conv2d(3, 3, 3, padding=1),
+                          nn.AvgPool2d(3, 2, pad, False, count_include_pad, divisor), nn.Conv2d(3, 4, 3, padding=1)
+                          ).double()
+    conv = ann.convert_to_dilated(model, output_stride=2, input_size=40)
+    assert isinstance(conv[5], ann.AvgPool2d) and conv[5].dilation == (2, 2) and conv[5].stride == (1, 1)
+    assert type(conv[1]) is nn.AvgPool2d                         # before the converted stage: untouched
+    for size in [(40, 40), (45, 38)]:
+        x = torch.randn(2, 2, *size, dtype=torch.float64)
+        torch.testing.assert_close(conv(x)[..., ::4, ::4], model(x), rtol=1e-12, atol=1e-12)
+
+
+def brute_avg_pool(x, k, s, p, d, count_include_pad, divisor):
+    """Loops over output positions and taps (float64)."""
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    out = torch.zeros(n, c, ho, wo, dtype=x.dtype)
+    for i, j in itertools.product(range(ho), range(wo)):
+        total, inside = 0, 0
+        for a, b in itertools.product(range(k), range(k)):
+            u, v = i * s + a * d - p, j * s + b * d - p
+            if 0 <= u < h and 0 <= v < w:
+                total = total + x[:, :, u, v]
+                inside += 1
+        out[:, :, i, j] = total / (divisor or (k * k if count_include_pad else inside))
+    return out
+
+
+@pytest.mark.parametrize("k,s,p,d,cip,div", [(3, 1, 1, 2, True, None), (3, 2, 1, 3, False, None),
+                                             (2, 1, 0, 2, True, None), (3, 1, 2, 2, True, 4),
+                                             (3, 2, 1, 1, False, None)])
+def test_avg_pool2d_values(k, s, p, d, cip, div):
+    torch.manual_seed(8)
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64)
+    m = ann.AvgPool2d(k, s, p, count_include_pad=cip, divisor_override=div, dilation=d)
+    assert isinstance(m, nn.AvgPool2d)
+    torch.testing.assert_close(m(x), brute_avg_pool(x, k, s, p, d, cip, div), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m(x[0]), m(x)[0])                                      # (C, H, W) input
+    if d == 1:
+        torch.testing.assert_close(m(x), nn.AvgPool2d(k, s, p, count_include_pad=cip, divisor_override=div)(x))
+
+
+class FunctionalPool(nn.Module):
+    """A stem that pools with F.max_pool2d in forward, then strided convs."""
+
+    def __init__(self, fn=lambda x: F.max_pool2d(x, 2)):
+        super().__init__()
+        self.fn = fn
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.body = nn.Sequential(*[nn.Conv2d(4, 4, 3, stride=2, padding=1) for _ in range(3)],
+                                  nn.Conv2d(4, 4, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(self.fn(self.stem(x)))
+
+
+def test_functional_pool_before_the_converted_stage_is_counted():
+    """F.max_pool2d(x, 2) at stride 2 counts: output stride 32, and converting to 8 dilates exactly."""
+    torch.manual_seed(9)
+    model = FunctionalPool().double()
+    assert ann.output_stride_of(model, 64) == (32, 32)
+    conv = ann.convert_to_dilated(model, output_stride=8, input_size=64)
+    assert conv.body[1].stride == (1, 1) and conv.body[3].dilation == (4, 4)
+    x = torch.randn(1, 3, 64, 60, dtype=torch.float64)
+    torch.testing.assert_close(conv(x)[..., ::4, ::4], model(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("fn,name", [
+    (lambda x: F.max_pool2d(x, 2), "F.max_pool2d"),
+    (lambda x: F.avg_pool2d(x, 3, stride=2, padding=1), "F.avg_pool2d"),
+    (lambda x: F.conv2d(x, torch.ones(4, 1, 1, 1, dtype=x.dtype), stride=2, groups=4), "torch.conv2d"),
+    (lambda x: F.interpolate(x, scale_factor=0.5), "F.interpolate"),
+    (lambda x: x * x.mean((2, 3), keepdim=True), "Tensor.mean"),          # squeeze-excitation style
+    (lambda x: F.conv2d(x, torch.ones(4, 1, 3, 3, dtype=x.dtype), padding=1, groups=4), "torch.conv2d"),
+])
+def test_functional_calls_in_the_converted_stage_are_refused_by_name(fn, name):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(*[nn.Conv2d(4 if i else 3, 4, 3, stride=2, padding=1) for i in range(4)])
+            self.b = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.b(fn(self.a(x)))
+
+    with pytest.raises(ValueError, match=f"functional call {name} in the model's forward .Net. at input stride 16"):
+        ann.convert_to_dilated(Net(), output_stride=8, input_size=64)
+
+
+def test_output_stride_of_reads_the_layers_not_the_sizes():
+    """A valid-padded net: 256 -> 13 samples, but the strides multiply to 16 (not round(256 / 13))."""
+    net = nn.Sequential(*[nn.Conv2d(3, 3, 5, stride=2) for _ in range(4)])
+    assert net(torch.zeros(1, 3, 256, 256)).shape[-1] == 13
+    assert ann.output_stride_of(net) == (16, 16)
+    assert ann.output_stride_of(nn.Sequential(nn.Conv2d(3, 3, 3, stride=(2, 1)), nn.MaxPool2d((1, 3)))) == (2, 3)
+
+
+def test_valid_padded_net_converts_exactly():
+    torch.manual_seed(10)
+    net = nn.Sequential(*[nn.Conv2d(3, 3, 3, stride=2) for _ in range(4)], nn.Conv2d(3, 3, 3)).double()
+    conv = ann.convert_to_dilated(net, output_stride=4, input_size=128)
+    x = torch.randn(1, 3, 100, 90, dtype=torch.float64)
+    torch.testing.assert_close(conv(x)[..., ::4, ::4], net(x), rtol=1e-12, atol=1e-12)
+
+
+def test_atrous_causal_conv_keeps_its_spec_and_converts():
+    torch.manual_seed(11)
+    net = nn.Sequential(*[ann.Conv2d(3, 3, 3, stride=2, padding=1) for _ in range(3)],
+                        ann.Conv2d(3, 3, 3, padding="causal"), ann.Conv2d(3, 3, 2, padding="same")).double()
+    conv = ann.convert_to_dilated(net, output_stride=4, input_size=64)
+    assert conv[3].padding == "causal" and conv[3].dilation == (2, 2)
+    assert conv[4].padding == ((0, 2), (0, 2))                       # even-kernel "same" at d=2: explicit pairs
+    x = torch.randn(1, 3, 33, 30, dtype=torch.float64)
+    torch.testing.assert_close(conv(x)[..., ::2, ::2], net(x), rtol=1e-12, atol=1e-12)
+
+
+class Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 3, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.c(self.c(self.c(self.c(x))))
+
+
 BAD = [
-    (lambda: ann.convert_to_dilated(resnet18(), output_stride=4), "output_stride must be one of"),
-    (lambda: ann.convert_to_dilated(resnet18(), output_stride=12), "output_stride must be one of"),
-    (lambda: ann.convert_to_dilated(nn.Sequential(nn.Conv2d(3, 3, 3, stride=4, padding=1)), 8),
-     "not reachable"),
+    (lambda: ann.convert_to_dilated(resnet18(), output_stride=0), ValueError, "output_stride must be >= 1, got 0"),
+    (lambda: ann.convert_to_dilated(resnet18(), output_stride=3), ValueError,
+     "output_stride 3 is not reachable: the strides along the model are 1, 2, 4, 8, 16, 32"),
+    (lambda: ann.convert_to_dilated(resnet18(), output_stride=16.0), TypeError,
+     "output_stride must be an int, got 16.0"),
+    (lambda: ann.convert_to_dilated(resnet18(), output_stride=64), ValueError,
+     r"output_stride 64 is not reachable: the model's output stride is 32"),
+    (lambda: ann.convert_to_dilated(resnet18(), output_stride=True), TypeError, "output_stride must be an int"),
     (lambda: ann.convert_to_dilated(nn.Sequential(nn.Conv2d(3, 3, 3, stride=2), nn.Conv2d(3, 3, 3, stride=4),
                                                   nn.Conv2d(3, 3, 3, stride=4)), 16),
-     "takes the stride from 8 to 32"),
-    (lambda: ann.convert_to_dilated(nn.Sequential(*vgg()[:8], nn.MaxPool2d(2), nn.MaxPool2d(2), nn.MaxPool2d(2)), 16),
-     "pooling layer"),
-    (lambda: ann.convert_to_dilated(nn.Sequential(nn.ReLU()), 8), "no Conv2d"),
+     ValueError, "not reachable: the strides along the model are 1, 2, 8, 32"),
+    (lambda: ann.convert_to_dilated(nn.Sequential(nn.Conv2d(3, 3, 3, stride=2, padding=1),
+                                                  nn.Conv2d(3, 3, 3, stride=2, padding=1),
+                                                  nn.Conv2d(3, 3, 3, stride=4)), 4, input_size=64),
+     ValueError, None),    # reachable: 4 is the input stride of the last conv
+    (lambda: ann.convert_to_dilated(nn.Sequential(nn.ReLU()), 8), ValueError, "no Conv2d"),
     (lambda: ann.convert_to_dilated(
         nn.Sequential(*[ann.Conv2d(3, 3, 3, stride=2, padding="same") for _ in range(5)]), 16),
-     "size-dependent padding"),
-    (lambda: ann.convert_to_dilated(nn.Sequential(*[nn.Conv2d(3, 3, 3, stride=2, padding=1)] * 5), 16),
-     "called more than once"),
+     ValueError, "size-dependent padding"),
+    (lambda: ann.convert_to_dilated(Twice(), 8), ValueError, "called more than once"),
+    (lambda: ann.convert_to_dilated(nn.Sequential(*[nn.Conv2d(3, 3, 3, stride=2, padding=1) for _ in range(3)],
+                                                  nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect")), 4),
+     ValueError, "pads with 'reflect'"),
+    (lambda: ann.convert_to_dilated(nn.Sequential(nn.Conv2d(3, 3, 3, stride=2, padding=1),
+                                                  nn.MaxPool2d(2, ceil_mode=True)), 2), ValueError, "ceil_mode=True"),
+    (lambda: ann.convert_to_dilated(FunctionalPool(lambda x: F.interpolate(x, size=(5, 7))), 8),
+     ValueError, "output stride is not defined: F.interpolate in the model's forward .FunctionalPool. changes "
+     "the grid to stride 256/5x256/7"),
+    (lambda: ann.convert_to_dilated(FunctionalPool(lambda x: x[:, :, 1:, 1:]), 8),
+     ValueError, "Tensor.__getitem__ in the model's forward .FunctionalPool. changes the grid by an unknown factor"),
+    (lambda: ann.convert_to_dilated(resnet18(), 8, input_size=0), ValueError, "input_size must be"),
+    (lambda: ann.convert_to_dilated(nn.Sequential(*[nn.Conv2d(3, 3, 3, stride=2) for _ in range(4)]), 8,
+                                    input_size=8), ValueError,
+     r"the model failed on a zero input of shape \(1, 3, 8, 8\) \(RuntimeError: .*pass a larger input_size"),
 ]
 
 
-@pytest.mark.parametrize("make,match", BAD)
-def test_bad_input(make, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("make,exc,match", BAD)
+def test_bad_input(make, exc, match):
+    if match is None:
         make()
+        return
+    with pytest.raises(exc, match=match) as e:
+        make()
+    assert "\n" not in str(e.value)                      # one-line errors

@@ -200,7 +200,29 @@ BAD = [
     (lambda: nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal", padding_mode="replicate")), "padding_mode"),
     (lambda: nn.Sequential(ann.Conv2d(2, 2, 3, padding="causal")), "not a 1-D convolution"),
     (lambda: nn.Sequential(nn.ReLU()), "no causal convolution"),
+    # statistics over time mix every step: the op-rule registry says so, stream refuses by name
+    (lambda: nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal"), nn.GroupNorm(1, 2)),
+     "layer '1' \\(GroupNorm\\) is not known"),
+    (lambda: nn.Sequential(ann.Conv1d(2, 2, 3, padding="causal"), nn.Softmax(dim=2)),
+     "layer '1' \\(Softmax\\) is not known"),
 ]
+
+
+def test_pointwise_modules_come_from_the_op_registry():
+    """Any activation the analysis knows to be pointwise streams, not only a fixed list (the registry
+    is the one op table): Softshrink, Hardshrink, Threshold and eval-mode BatchNorm1d."""
+    torch.manual_seed(0)
+    net = nn.Sequential(ann.Conv1d(2, 3, 3, padding="causal", dilation=2), nn.Softshrink(0.1),
+                        nn.BatchNorm1d(3), nn.Hardshrink(0.2), ann.Conv1d(3, 2, 2, padding="causal"),
+                        nn.Threshold(0.1, -1.0)).double().eval()
+    x = torch.randn(2, 2, 30, dtype=torch.float64)
+    s = ann.stream(net)
+    state = s.init_state(2)
+    ys = []
+    for t in range(0, 30, 7):
+        y, state = s.step(x[:, :, t:t + 7], state)
+        ys.append(y)
+    assert torch.allclose(torch.cat(ys, 2), net(x), atol=1e-12)
 
 
 @pytest.mark.parametrize("make,match", BAD)
@@ -209,17 +231,125 @@ def test_non_streamable_layers_are_named(make, match):
         ann.stream(make())
 
 
-def test_bad_step_input():
+def _replace(state, i, value):
+    out = list(state)
+    out[i] = value
+    return tuple(out)
+
+
+BAD_STATES = [   # (change the state or x, exception, message); TCN(3, [4], 3, [2]): rings (N, 2, 2, 3), (N, 2, 2, 4)
+    (lambda s, x: (x, None), TypeError, "state must be the tuple of tensors from init_state"),
+    (lambda s, x: (x, s[:2]), ValueError, r"state must have 3 tensors \(the cursor t and 2 ring buffers"),
+    (lambda s, x: (x, _replace(s, 1, torch.zeros(2, 2, 3, 3))), ValueError,
+     r"state\[1\] \(ring buffer of layer 'blocks.0.conv1'\) must have shape \(2, 2, 2, 3\) = \(N, dilation, "
+     r"kernel_size - 1, C_in\), got \(2, 2, 3, 3\)"),
+    (lambda s, x: (x, _replace(s, 2, torch.zeros(2, 2, 2, 3))), ValueError,
+     r"state\[2\] \(ring buffer of layer 'blocks.0.conv2'\) must have shape \(2, 2, 2, 4\)"),
+    (lambda s, x: (x, _replace(s, 2, torch.zeros(1, 2, 2, 4))), ValueError,
+     r"state\[2\] \(ring buffer of layer 'blocks.0.conv2'\) is for batch size 1, x has batch size 2"),
+    (lambda s, x: (x[:1], s), ValueError, "is for batch size 2, x has batch size 1"),
+    (lambda s, x: (x, _replace(s, 1, s[1].double())), ValueError,
+     r"state\[1\] \(ring buffer of layer 'blocks.0.conv1'\) has dtype torch.float64, the stepper computes in "
+     "torch.float32"),
+    (lambda s, x: (x, _replace(s, 1, s[1].transpose(1, 2).contiguous().transpose(1, 2))), ValueError,
+     "must be contiguous"),
+    (lambda s, x: (x, _replace(s, 1, s[1].to("meta"))), ValueError, r"state\[1\] .* is on meta, the stepper on cpu"),
+    (lambda s, x: (x, _replace(s, 0, torch.tensor(-3))), ValueError,
+     r"state\[0\] \(the cursor t, samples consumed\) must be >= 0, got -3"),
+    (lambda s, x: (x, _replace(s, 0, torch.tensor(0.0))), ValueError,
+     r"state\[0\] \(the cursor t, samples consumed\) must be an int64 tensor of shape \(\), got torch.float32"),
+    (lambda s, x: (x, _replace(s, 0, torch.zeros(1, dtype=torch.long))), ValueError, r"of shape \(\), got torch.int64 "
+     r"of shape \(1,\)"),
+    (lambda s, x: (x, _replace(s, 0, 0)), ValueError, "must be an int64 tensor of shape \\(\\), got int"),
+    (lambda s, x: (x.half(), s), ValueError, "x has dtype torch.float16, the stepper computes in torch.float32"),
+    (lambda s, x: (x.double(), s), ValueError, "x has dtype torch.float64"),
+    (lambda s, x: (x.to("meta"), s), ValueError, "x is on meta, the stepper on cpu"),
+    (lambda s, x: (x[:, :2], s), ValueError, r"x must be \(N, 3, T\) with T >= 1, got \(2, 2, "),
+    (lambda s, x: (x[:, :, :0], s), ValueError, r"x must be \(N, 3, T\) with T >= 1, got \(2, 3, 0\)"),
+    (lambda s, x: (x[0], s), ValueError, r"x must be \(N, 3, T\)"),
+    (lambda s, x: (x.numpy(), s), TypeError, "x must be a tensor"),
+]
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("change,exc,match", BAD_STATES)
+def test_bad_state_is_named_on_every_path(change, exc, match, T, inplace):
+    """Every check runs before any work on the T = 1 fast path and the general path, in place or not,
+    through step() and the eager forward()."""
+    s = ann.stream(ann.TCN(3, [4], 3, [2]).eval(), inplace=inplace)
+    good = s.init_state(2)
+    s.step(torch.randn(2, 3, T), good)                    # a checked state is cached by identity ...
+    x, state = change(good, torch.randn(2, 3, T))
+    snapshot = [t.clone() for t in good]
+    with pytest.raises(exc, match=match) as e:
+        s.step(x, state)
+    assert "\n" not in str(e.value)
+    with pytest.raises(exc, match=match):
+        s(x, list(state) if isinstance(state, tuple) else state)
+    assert all(torch.equal(a, b) for a, b in zip(good, snapshot))       # nothing was written
+    y, _ = s.step(torch.randn(2, 3, T), good)                            # ... and the good one still works
+    assert y.shape == (2, 4, T)
+
+
+def test_init_state_and_constructor_errors():
     s = ann.stream(ann.TCN(3, [4], 3))
-    state = s.init_state(2)
-    with pytest.raises(ValueError, match=r"x must be \(N, 3, T\)"):
-        s.step(torch.randn(2, 4, 5), state)
-    with pytest.raises(ValueError, match="batch_size=1"):
-        s.step(torch.randn(1, 3, 5), state)
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         s.init_state(0)
+    with pytest.raises(ValueError, match="the stepper computes in torch.float32"):
+        s.init_state(1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="device 'meta': the stepper is on cpu"):
+        s.init_state(1, device="meta")
+    assert [t.dtype for t in s.init_state(1, device="cpu", dtype=torch.float32)[1:]] == [torch.float32] * 2
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         ann.stream(lambda x: x)
+
+
+def test_scripted_stepper_saved_and_loaded_the_torchscript_way(tmp_path):
+    torch.manual_seed(10)
+    model = ann.WaveNet(2, 3, residual_channels=4, layers_per_stack=3).double().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(ann.stream(model)), str(tmp_path / "stepper.pt"))
+        loaded = torch.jit.load(str(tmp_path / "stepper.pt"))
+    x = torch.randn(2, 2, 17, dtype=torch.float64)
+    state = loaded.zero_state(2)
+    ys = []
+    for a, b in [(0, 1), (1, 2), (2, 9), (9, 10), (10, 17)]:             # T = 1 and T > 1 programs
+        y, state = loaded(x[:, :, a:b], state)
+        ys.append(y)
+    torch.testing.assert_close(torch.cat(ys, 2), model(x), rtol=0, atol=1e-12)
+    assert int(state[0]) == 17
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stream_on_the_models_device(device):
+    """The stepper, its state and its outputs live on the model's device (CUDA when available)."""
+    torch.manual_seed(11)
+    model = ann.TCN(3, [4, 4], 3, [1, 3]).eval().to(device)
+    s = ann.stream(model)
+    state = s.init_state(2)
+    assert all(t.device.type == device for t in state)
+    x = torch.randn(2, 3, 12, device=device)
+    got, state = run_stream(s, x, [1, 1, 5, 1, 4])
+    assert got.device.type == device and state[0].device.type == device
+    torch.testing.assert_close(got, model(x), rtol=0, atol=1e-5)
+
+
+def test_stream_on_meta_device_builds_state_there():
+    """Nothing in the stepper hard-codes the CPU: a meta model gives a meta stepper and meta state,
+    and a CPU input is refused by name."""
+    model = ann.TCN(3, [4, 4], 3, [1, 3]).to("meta")
+    s = ann.stream(model)
+    state = s.init_state(2)
+    assert all(t.device.type == "meta" for t in state) and s._ref.device.type == "meta"
+    with pytest.raises(ValueError, match="x is on cpu, the stepper on meta"):
+        s.step(torch.randn(2, 3, 1), state)
+    s2 = s.to_empty(device="cpu")                              # moving the stepper moves its state too
+    assert all(t.device.type == "cpu" for t in s2.init_state(1))
 
 
 class Aliasing(nn.Module):

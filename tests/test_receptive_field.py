@@ -387,28 +387,36 @@ def test_functional_conv_and_global_mean():
     assert rf["mean"].whole_input == (True, True)
 
 
-def test_untraceable_model_falls_back_to_hooks():
+def test_data_dependent_control_flow_is_refused_by_name():
     class Dyn(nn.Sequential):
         def forward(self, x):
             for m in self:
-                if x.sum() > -1e9:       # data-dependent control flow: fx cannot trace
+                if x.sum() > -1e9:       # reads a value: a shape-only run cannot decide the branch
                     x = m(x)
             return x
 
-    net = _positive(Dyn(nn.Conv1d(1, 1, 3, dilation=2), nn.ReLU(), nn.Conv1d(1, 1, 3, stride=2)))
-    rf = atrous.receptive_field(net, (1, 1, 20))
-    assert rf.size == (7,) and rf.jump == (2,)
-    assert any("fell back to forward hooks" in n for n in rf.notes)
-    check_interior(net, (1, 1, 20), rf)
+    net = Dyn(nn.Conv1d(1, 1, 3, dilation=2), nn.ReLU(), nn.Conv1d(1, 1, 3, stride=2))
+    with pytest.raises(ValueError, match=r"did not run to its output: .* after node 'gt'.*reads tensor values"):
+        atrous.receptive_field(net, (1, 1, 20))
 
 
-def test_unsupported_node_is_a_clear_error():
-    class Perm(nn.Module):
+def test_op_without_rule_is_a_clear_error():
+    class Warp(nn.Module):
         def forward(self, x):
-            return x.permute(0, 1, 3, 2)
+            grid = torch.zeros(x.shape[0], 4, 6, 2, device=x.device)
+            return F.grid_sample(x, grid, align_corners=False)
 
-    with pytest.raises(ValueError, match="cannot compute the receptive field through node"):
-        atrous.receptive_field(Perm(), (1, 1, 4, 6))
+    with pytest.raises(ValueError, match=r"cannot follow node 'grid_sample' \(grid_sample on \(1, 1, 4, 6\)"):
+        atrous.receptive_field(Warp(), (1, 1, 4, 6))
+
+    class Unknown(nn.Module):
+        def forward(self, x):
+            return torch.special.entr(x)
+
+    with pytest.raises(ValueError, match=r"no rule for function 'special_entr'.*treat_as_pointwise"):
+        atrous.receptive_field(Unknown(), (1, 1, 8))
+    rf = atrous.receptive_field(Unknown(), (1, 1, 8), treat_as_pointwise=["special_entr"])
+    assert rf.size == (1,) and any("special_entr treated as pointwise" in n for n in rf.notes)
 
 
 def test_atrous_nn_convs_strided_same_and_causal_brute_force():
@@ -574,3 +582,67 @@ def test_functional_ops_gated_chunk_cat_interpolate_brute_force():
     rf = atrous.receptive_field(net, shape)
     assert rf.period == (2, 2) and rf.jump == (1, 1)
     check_interior(net, shape, rf, oracle=perturb_support)
+
+
+# ---------------------------------------------------------------- inputs: size, devices, several inputs
+
+def _resnet_like():
+    return nn.Sequential(nn.Conv2d(3, 8, 7, stride=2, padding=3), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.MaxPool2d(3, 2, 1), nn.Conv2d(8, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1))
+
+
+def test_huge_input_costs_nothing():
+    import time
+    import tracemalloc
+    net = _resnet_like()
+    tracemalloc.start()
+    t = time.perf_counter()
+    rf = atrous.receptive_field(net, (1, 3, 100_000, 100_000), at="4")
+    took = time.perf_counter() - t
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert rf.size == (19, 19) and rf.jump == (4, 4)     # 7, + 2*2 (max pool at jump 2), + 2*4
+    assert peak < 50 * 2 ** 20 and took < 30          # shapes only: a real input would be 120 GB
+
+
+def test_input_too_small_names_the_layer_in_one_line():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, stride=2), nn.Conv2d(4, 4, 5))
+    with pytest.raises(ValueError) as e:
+        atrous.receptive_field(net, (1, 3, 8, 8))
+    msg = str(e.value)
+    assert "\n" not in msg and "'2'" in msg and "Conv2d" in msg
+
+
+def test_meta_device_model_and_example_tensors():
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Conv2d(3, 4, 3, dilation=2), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2))
+    rf = atrous.receptive_field(net, (1, 3, 32, 32))
+    assert rf.size == (7, 7) and rf.jump == (2, 2)
+    rf2 = atrous.receptive_field(net, torch.empty(2, 3, 32, 32))          # an example tensor
+    assert (rf2.size, rf2.jump, rf2.start) == (rf.size, rf.jump, rf.start)
+
+
+def test_two_inputs_share_positions_and_different_sizes_are_refused():
+    class Fuse(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(1, 4, 5, padding=2)
+
+        def forward(self, rgb, depth):
+            return self.a(rgb) + F.interpolate(self.b(depth), size=rgb.shape[-2:])
+
+    rf = atrous.receptive_field(Fuse(), [(1, 3, 16, 16), (1, 1, 16, 16)])
+    assert rf.size == (5, 5) and rf.start == (0, 0)
+    with pytest.raises(ValueError, match="input 1 has spatial size"):
+        atrous.receptive_field(Fuse(), [(1, 3, 16, 16), (1, 1, 8, 8)])
+
+
+def test_model_is_not_modified_and_modes_restored():
+    net = _resnet_like()
+    net.train()
+    net[1].eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    atrous.receptive_field(net, (2, 3, 32, 32))
+    atrous.cost(net, (2, 3, 32, 32))
+    assert net.training and not net[1].training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -72,11 +72,13 @@ import math
 import numbers
 import os
 import threading
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import geometry
+from .geometry import IntOrTuple, PaddingArg
 
 __all__ = ["conv", "conv_transpose", "conv_grad", "get_memory_budget", "set_memory_budget"]
 
@@ -107,7 +109,7 @@ def get_memory_budget() -> int:
     return _BUDGET
 
 
-def set_memory_budget(nbytes) -> int:
+def set_memory_budget(nbytes: int | None) -> int:
     """Set the global work-buffer budget in bytes (``None`` restores 256 MiB); returns the old one.
 
     A per-call ``memory_budget=`` overrides it. The promise: beyond the arrays themselves -- the
@@ -1020,8 +1022,9 @@ def _grad_weight(gy, x, spec, plan, gb):
 
 
 # ------------------------------------------------------------------------------------ public API
-def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, causal_axes=(0,),
-         memory_budget=None):
+def conv(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntOrTuple = 1,
+         padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+         causal_axes: int | Sequence[int] = (0,), memory_budget: int | None = None) -> np.ndarray:
     """N-D dilated convolution (cross-correlation, like ``torch.nn.functional.conv{1,2,3}d``).
 
     Shapes: ``x`` ``(N, C_in, *spatial)``, ``weight`` ``(C_out, C_in // groups, *kernel)``,
@@ -1057,8 +1060,9 @@ def conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, cau
         return y.astype(spec.out_dtype, copy=False)
 
 
-def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                   dilation=1, *, memory_budget=None):
+def conv_transpose(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntOrTuple = 1,
+                   padding: IntOrTuple = 0, output_padding: IntOrTuple = 0, groups: int = 1,
+                   dilation: IntOrTuple = 1, *, memory_budget: int | None = None) -> np.ndarray:
     """Transposed N-D convolution, the adjoint of :func:`conv` (``F.conv_transpose{1,2,3}d``).
 
     Shapes: ``x`` ``(N, C_in, *spatial)``, ``weight`` ``(C_in, C_out // groups, *kernel)`` (PyTorch's
@@ -1089,8 +1093,10 @@ def conv_transpose(x, weight, bias=None, stride=1, padding=0, output_padding=0, 
         return y.astype(spec.out_dtype, copy=False)
 
 
-def conv_grad(grad_output, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-              causal_axes=(0,), memory_budget=None):
+def conv_grad(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
+              stride: IntOrTuple = 1, padding: PaddingArg = 0, dilation: IntOrTuple = 1, groups: int = 1, *,
+              causal_axes: int | Sequence[int] = (0,), memory_budget: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Backward of :func:`conv`: ``(grad_x, grad_weight, grad_bias)`` for ``grad_output = dL/dy``.
 
     Same arguments as :func:`conv` (``bias`` is optional and only shape-checked). Shapes:

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from typing import Sequence
+from typing import Sequence, Tuple, Union
 
 __all__ = [
     "PADDING_MODES",
+    "IntOrTuple",
+    "PaddingArg",
     "normalize_tuple",
     "effective_kernel",
     "output_size",
@@ -47,12 +49,18 @@ __all__ = [
 
 PADDING_MODES = ("valid", "same", "causal", "full")
 
+IntOrTuple = Union[int, Sequence[int]]
+"""A per-axis argument: one int for every axis, or one int per axis."""
+PaddingArg = Union[str, int, Sequence[Union[int, Tuple[int, int], Sequence[int]]]]
+"""A padding spec: ``"valid" | "same" | "causal" | "full"``, an int, one int per axis, or one
+``(lo, hi)`` pair per axis."""
+
 
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def normalize_tuple(value, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+def normalize_tuple(value: IntOrTuple, n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     """Turn an int or a per-axis sequence into a tuple of ``n`` ints, each ``>= minimum``.
 
     >>> normalize_tuple(2, 3, "dilation")
@@ -93,7 +101,7 @@ def effective_kernel(kernel: int, dilation: int) -> int:
     return dilation * (kernel - 1) + 1
 
 
-def output_size(n: int, kernel: int, stride: int = 1, dilation: int = 1, pad=(0, 0), *,
+def output_size(n: int, kernel: int, stride: int = 1, dilation: int = 1, pad: Sequence[int] = (0, 0), *,
                 axis: int | None = None) -> int:
     """Number of outputs on one axis of ``n`` samples padded by ``pad = (lo, hi)``.
 
@@ -122,7 +130,7 @@ def _same_pad(n: int, eff: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def resolve_padding(padding, in_sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+def resolve_padding(padding: PaddingArg, in_sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
                     dilation: Sequence[int], causal_axes: Sequence[int] | int = (0,)
                     ) -> tuple[tuple[int, int], ...]:
     """Resolve any padding spec to one ``(lo, hi)`` pair per spatial axis.

@@ -80,21 +80,12 @@ def analysis_field(data, path):
 
 def _save_atomic(fig, path):
     import os
-    import tempfile
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path), suffix=".tmp.png")
-    os.close(fd)
+
+    from ._io import atomic_write
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)           # mkstemp makes 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with atomic_write(path, "wb") as f:
+            fig.savefig(f, format=fmt, dpi=110, bbox_inches="tight")
     finally:
         _plt().close(fig)
 

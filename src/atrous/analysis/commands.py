@@ -15,7 +15,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 
 EXAMPLES_RF = """\
 examples:
@@ -114,26 +113,44 @@ def parse_shape(text: str) -> tuple:
 
 
 def load_model(spec: str):
-    """Import ``package.module:factory`` and call the factory (no arguments) for a torch model."""
-    if ":" not in spec:
-        raise ValueError(f"--model must look like package.module:factory, got {spec!r}")
-    modname, attr = spec.split(":", 1)
-    sys.path.insert(0, os.getcwd())
+    """Import ``package.module:Name`` and return the torch model it names: a module instance, or a
+    class or factory called with no arguments. This imports and runs that code.
+
+    The current directory is searched after the installed packages (moved to the end of ``sys.path``
+    for the import only), so a local file named like an installed package (``torchvision.py``) cannot
+    shadow it.
+    """
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ValueError(f"--model must look like package.module:Name (a class, a factory or a model), got {spec!r}")
+    modname, attr = spec.split(":")
+    cwd = os.getcwd()
+    saved = list(sys.path)                 # `python -m` puts the current directory first: move it last
+    sys.path[:] = [p for p in saved if p not in ("", ".", cwd)] + [cwd]
     try:
         mod = importlib.import_module(modname)
     except ImportError as e:
         raise ValueError(f"--model: cannot import {modname!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- the user's module failed while importing: one line, named
+        raise ValueError(f"--model: importing {modname!r} raised {type(e).__name__}: {e}") from None
     finally:
-        sys.path.pop(0)
+        sys.path[:] = saved
     if not hasattr(mod, attr):
         close = difflib.get_close_matches(attr, [n for n in dir(mod) if not n.startswith("_")], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"--model: module {modname!r} has no {attr!r}{hint}")
-    obj = getattr(mod, attr)
-    model = obj() if callable(obj) and not hasattr(obj, "parameters") else obj
     import torch
+    obj = getattr(mod, attr)
+    model = obj
+    if not isinstance(obj, torch.nn.Module):
+        if not callable(obj):
+            raise ValueError(f"--model: {spec} is a {type(obj).__name__}, not a torch.nn.Module, a class or a "
+                             "factory")
+        try:
+            model = obj()                               # a class or a factory, called with no arguments
+        except Exception as e:  # noqa: BLE001 -- user code: report it on one line, naming the call
+            raise ValueError(f"--model: calling {spec}() raised {type(e).__name__}: {e}") from None
     if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"--model: {spec} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ValueError(f"--model: {spec}() returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
@@ -160,32 +177,59 @@ def _source(args):
 
 
 def field_table(spec, input_shape=None) -> list[dict]:
-    """One record per layer/node: name, type, kernel, stride, dilation, size, jump, start, covered, extent.
+    """One record per call: name, type, kernel, stride, dilation, size, jump, start, covered, extent.
 
     >>> [(r["size"], r["covered"]) for r in field_table(parse_layers("k3d2,k3d4"))]
     [([5], [3]), ([13], [7])]
     """
-    from .coverage import _all_marginals
-    from .receptive_field import _lower, _results, _run
+    from .coverage import all_marginals
+    from .receptive_field import analyse, field_of
 
-    steps, ndim, sizes = _lower(spec, input_shape)
-    fields, notes = _run(steps, ndim, sizes)
-    res = _results(steps, fields, notes)
-    cov = _all_marginals(steps, ndim)
+    g, vals, _ = analyse(spec, input_shape, every=True)
+    cov = all_marginals(g, vals)
     rows = []
-    for i, st in enumerate(steps):
-        if st.name not in res or st.kind == "input":
+    for n in g.nodes:
+        if n.kind == "input" or not n.outs or n.outs[0] not in vals or not vals[n.outs[0]].dependent:
             continue
-        rf = res[st.name]
-        c = cov[i]
-        rows.append({"name": st.name, "type": st.info.get("type", st.kind),
-                     "kernel": st.info.get("kernel"), "stride": st.info.get("stride"),
-                     "dilation": st.info.get("dilation"), "size": list(rf.size),
+        rf = field_of(g, vals, n.outs[0])
+        c = cov.get(n.name)
+        geo_ = _geometry(n, g)
+        rows.append({"name": n.name, "type": _type_name(n), **geo_, "size": list(rf.size),
                      "jump": [float(j) if not isinstance(j, int) else j for j in rf.jump],
-                     "start": list(rf.start),
+                     "start": list(rf.start), "whole": list(rf.whole_input),
                      "covered": list(c[0]) if c else None, "extent": list(c[1]) if c else None,
-                     "notes": [n for n in notes[i]]})
+                     "notes": list(rf.notes)})
     return rows
+
+
+def _type_name(n) -> str:
+    if n.kind == "layer":
+        return "Layer"
+    if n.module is not None:
+        return type(n.module).__name__
+    return n.op
+
+
+def _geometry(n, g) -> dict:
+    """Kernel, stride and dilation of a convolution or pooling call (``None`` for other ops)."""
+    out = {"kernel": None, "stride": None, "dilation": None}
+    if n.kind == "layer":
+        kw = n.kwargs
+        return {"kernel": kw["kernel"], "stride": kw["stride"], "dilation": kw["dilation"]}
+    m = n.module
+    if m is not None and all(hasattr(m, a) for a in ("kernel_size", "stride")):
+        def tup(v):
+            return tuple(v) if isinstance(v, (list, tuple)) else v
+        out = {"kernel": tup(m.kernel_size), "stride": tup(m.stride if m.stride is not None else m.kernel_size),
+               "dilation": tup(getattr(m, "dilation", 1))}
+    elif n.op in ("conv1d", "conv2d", "conv3d"):
+        w = g.tensors[n.args[1].index].shape if len(n.args) > 1 and hasattr(n.args[1], "index") else None
+        if w is not None:
+            s = n.args[3] if len(n.args) > 3 else n.kwargs.get("stride", 1)
+            d = n.args[5] if len(n.args) > 5 else n.kwargs.get("dilation", 1)
+            out = {"kernel": tuple(w[2:]), "stride": tuple(s) if isinstance(s, (list, tuple)) else s,
+                   "dilation": tuple(d) if isinstance(d, (list, tuple)) else d}
+    return out
 
 
 def _rf(args) -> int:
@@ -260,20 +304,6 @@ def show_data(spec, input_shape=None) -> dict:
     return data
 
 
-def _write_json_atomic(obj, path):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _show(args) -> int:
     if not args.out.lower().endswith((".png", ".pdf", ".svg")):
         raise _cli_error()(f"--out must end in .png, .pdf or .svg, got {args.out!r}")
@@ -283,7 +313,8 @@ def _show(args) -> int:
     except (ValueError, TypeError, ImportError) as e:
         raise _cli_error()(str(e)) from None
     json_path = os.path.splitext(args.out)[0] + ".json"
-    _write_json_atomic(data, json_path)
+    from .._io import write_json
+    write_json(json_path, data)
     from .. import plot
     with open(json_path) as f:                       # the figure is drawn from the saved data
         plot.analysis_field(json.load(f), args.out)
@@ -329,6 +360,9 @@ def register(sub) -> None:
 
 def _source_args(p):
     p.add_argument("--layers", default=None, help="layer specs, e.g. k3d1,k3d2,k3s2p1 (see above)")
-    p.add_argument("--model", default=None, help="package.module:factory returning a torch.nn.Module")
+    p.add_argument("--model", default=None,
+                   help="package.module:Name, a torch.nn.Module class (built with no arguments), a factory or a "
+                        "model instance; this imports and runs that code (the current directory is searched "
+                        "after installed packages)")
     p.add_argument("--input-shape", default=None, help="N,C,*spatial, e.g. 1,3,224,224 (needed with --model)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

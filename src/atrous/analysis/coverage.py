@@ -25,11 +25,14 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .receptive_field import Layer, _is_torch_module, _lower, _layer_steps
+from .fields import Const
+from .receptive_field import Layer, analyse, field_of
+from .receptive_field import is_torch_module
+from .values import EApply, EInput, EOpaque
 
 __all__ = ["Coverage", "coverage", "HDCResult", "hdc_check", "hdc_recursion"]
 
@@ -145,93 +148,69 @@ def _shift_sum(arr: np.ndarray, shifts: Sequence[int], axis: int) -> np.ndarray:
     return out
 
 
-def _dtype(steps):
-    bound = 1
-    for st in steps:
-        if st.kind == "map":
-            bound *= math.prod(len(t.taps[0]) for t in st.maps if t is not None) or 1
-        elif st.kind == "union":
-            bound *= max(1, len(st.inputs))
-    return _dtype_for(bound)
+def _bound(g) -> int:
+    """An upper bound on path counts (product of taps over the calls) to pick an exact dtype."""
+    b = 1
+    for n in g.nodes:
+        k = n.kwargs.get("kernel") if n.kind == "layer" else None
+        if k is not None:
+            b *= math.prod(k)
+        elif n.kind == "call":
+            b *= 64
+        if b >= 2 ** 62:
+            return b
+    return b
 
 
-def _walk(steps, ndim: int, target: int, nd: bool):
-    """Path-count maps at step ``target``: (origin per axis, jump per axis, arrays).
+class _Walk:
+    """The path-count walk over a value's build expression (see :mod:`atrous.analysis.values`)."""
 
-    With ``nd`` the arrays are one N-D map; otherwise one 1-D marginal per axis.
-    """
-    dt = _dtype(steps)
-    states: list[Any] = []
-    needed = _ancestors(steps, target)
-    for i, st in enumerate(steps):
-        ins = [states[j] for j in st.inputs if states[j] is not None]
-        states.append(_state(st, ins, ndim, nd, dt) if i in needed else None)
-    return states[target]
+    def __init__(self, ndim: int, nd: bool, dt):
+        self.ndim, self.nd, self.dt = ndim, nd, dt
+        self.memo: dict = {}
 
+    def __call__(self, e):
+        key = id(e)
+        if key not in self.memo:
+            self.memo[key] = (e, self._eval(e))
+        return self.memo[key][1]
 
-def _all_marginals(steps, ndim: int) -> list:
-    """Per step ``(covered, extent)`` tuples from the 1-D marginals, or None where undefined
-    (non-tensor nodes, collapsed space, transposed/upsampled grids and everything after them)."""
-    dt = _dtype(steps)
-    states: list[Any] = []
-    bad: set = set()
-    out = []
-    for i, st in enumerate(steps):
-        ins = [states[j] for j in st.inputs if states[j] is not None]
-        s = None
-        if not any(j in bad for j in st.inputs):
-            try:
-                s = _state(st, ins, ndim, False, dt)
-            except ValueError:
-                bad.add(i)
-        else:
-            bad.add(i)
-        states.append(s)
-        if s is None:
-            out.append(None)
-            continue
-        stats = [_stats(a[np.flatnonzero(a)[0]:np.flatnonzero(a)[-1] + 1]) for a in s[2]]
-        ext = [int(np.flatnonzero(a)[-1] - np.flatnonzero(a)[0] + 1) for a in s[2]]
-        out.append((tuple(c for c, _, _ in stats), tuple(ext)))
-    return out
-
-
-def _state(st, ins, ndim, nd, dt):
-    """One step of the path-count walk (raises ValueError where coverage is undefined)."""
-    if st.kind == "input":
-        arrs = np.ones((1,) * ndim, dt) if nd else [np.ones(1, dt) for _ in range(ndim)]
-        return [0] * ndim, [1] * ndim, arrs
-    if not ins:
-        return None
-    if st.kind == "map":
-        org, jmp, arrs = ins[0]
-        org, jmp = list(org), list(jmp)
-        arrs = arrs.copy() if nd else list(arrs)
-        for ax, t in enumerate(st.maps):
-            if t is None:
-                continue
-            if t.a != 1:
-                raise ValueError(
-                    f"coverage needs one output grid per node, but {st.name!r} "
-                    f"({st.info.get('type', '?')}) changes it (transposed convolution or upsampling); "
-                    "use receptive_field(...).phases for the field of each output phase")
-            shifts = [q * jmp[ax] for q in t.taps[0]]
-            if nd:
-                arrs = _shift_sum(arrs, shifts, ax)
-            else:
-                arrs[ax] = _shift_sum(arrs[ax], shifts, 0)
-                for other in range(ndim):
-                    if other != ax:
-                        arrs[other] = arrs[other] * len(shifts)
-            org[ax] += min(shifts)
-            jmp[ax] *= t.b
-        return org, jmp, arrs
-    if st.kind == "union":
-        if len(ins) == 1:
-            return ins[0]
+    def _eval(self, e):
+        ndim, nd, dt = self.ndim, self.nd, self.dt
+        if isinstance(e, EInput):
+            arrs = np.ones((1,) * ndim, dt) if nd else [np.ones(1, dt) for _ in range(ndim)]
+            return [0] * ndim, [1] * ndim, arrs
+        if isinstance(e, EOpaque):
+            raise ValueError(f"coverage is undefined past {e.why} (the field is global there); pass at= a "
+                             "node before it")
+        if isinstance(e, EApply):
+            org, jmp, arrs = self(e.src)
+            org, jmp = list(org), list(jmp)
+            arrs = arrs.copy() if nd else list(arrs)
+            for ax, t in enumerate(e.maps):
+                if t is None:
+                    continue
+                if t.a != 1:
+                    raise ValueError(
+                        "coverage needs one output grid per node, but a transposed convolution, an upsampling "
+                        "or a window partition gives each output phase its own field; use "
+                        "receptive_field(...).phases for the field of each output phase")
+                shifts = [q * jmp[ax] for q in t.taps[0]]
+                if nd:
+                    arrs = _shift_sum(arrs, shifts, ax)
+                else:
+                    arrs[ax] = _shift_sum(arrs[ax], shifts, 0)
+                    for other in range(ndim):
+                        if other != ax:
+                            arrs[other] = arrs[other] * len(shifts)
+                org[ax] += min(shifts)
+                jmp[ax] *= t.b
+            return org, jmp, arrs
+        # EUnion
+        ins = [self(s) for s in e.srcs]
         jmps = {tuple(s[1]) for s in ins}
         if len(jmps) > 1:
-            raise ValueError(f"branches meeting at {st.name!r} have different jumps {sorted(jmps)}")
+            raise ValueError(f"branches meeting at {e.where!r} have different jumps {sorted(jmps)}")
         org = [min(s[0][ax] for s in ins) for ax in range(ndim)]
         if nd:
             shape = [max(s[0][ax] + s[2].shape[ax] for s in ins) - org[ax] for ax in range(ndim)]
@@ -248,46 +227,59 @@ def _state(st, ins, ndim, nd, dt):
                     out[o[ax] - org[ax]:o[ax] - org[ax] + len(a[ax])] += a[ax]
                 arrs.append(out)
         return org, list(ins[0][1]), arrs
-    # "whole"
-    raise ValueError(f"{st.name!r} collapses space (global pooling/flatten/linear); coverage is "
-                     "reported at the last spatial node -- pass at=<node>")
 
 
-def _ancestors(steps, target):
-    seen, todo = set(), [target]
-    while todo:
-        i = todo.pop()
-        if i in seen:
+def all_marginals(g, vals) -> dict:
+    """Per node name ``(covered, extent)`` from the 1-D marginals, or ``None`` where coverage is
+    undefined (constants, global fields, transposed/upsampled grids)."""
+    walk = _Walk(g.ndim, False, _dtype_for(_bound(g)))
+    out = {}
+    for n in g.nodes:
+        if n.kind == "input" or not n.outs or n.outs[0] not in vals:
             continue
-        seen.add(i)
-        todo += steps[i].inputs
-    return seen
+        v = vals[n.outs[0]]
+        if v.expr is None:
+            out[n.name] = None
+            continue
+        try:
+            _, _, arrs = walk(v.expr)
+        except ValueError:
+            out[n.name] = None
+            continue
+        cov, ext = [], []
+        for a in arrs:
+            nz = np.flatnonzero(a)
+            c, _, _ = _stats(a[nz[0]:nz[-1] + 1])
+            cov.append(c)
+            ext.append(int(nz[-1] - nz[0] + 1))
+        out[n.name] = (tuple(cov), tuple(ext))
+    return out
 
 
-def _spec_to_steps(spec, kernel, input_shape):
+def _spec(spec, kernel):
     if isinstance(spec, (list, tuple)) and spec and all(
             isinstance(v, numbers.Integral)
             or (isinstance(v, tuple) and all(isinstance(u, numbers.Integral) for u in v))
             for v in spec) and not isinstance(spec[0], bool):
-        layers = [Layer(kernel=kernel, dilation=d) for d in spec]
-        return _layer_steps(layers, input_shape)
+        return [Layer(kernel=kernel, dilation=d) for d in spec]
     if isinstance(spec, (list, tuple)) and not spec:
         raise ValueError("dilations must be a non-empty list")
-    return _lower(spec, input_shape)
+    return spec
 
 
-def coverage(dilations_or_layers_or_model, kernel=3, input_shape=None, at: str | None = None,
-             nd: bool = False) -> Coverage:
+def coverage(model, input_shape=None, at: str | None = None, *, kernel: int = 3, nd: bool = False) -> Coverage:
     """Extent, coverage, holes and path counts of the field of output 0, per spatial axis.
 
-    ``dilations_or_layers_or_model``: a list of dilations (ints, or per-axis tuples; each layer has
-    ``kernel`` taps and stride 1), a list of :class:`atrous.Layer`, or a ``torch.nn.Module`` (with
+    ``model``: a list of dilations (ints, or per-axis tuples; each layer has ``kernel`` taps and
+    stride 1), a list of :class:`atrous.Layer`, or a ``torch.nn.Module`` (with
     ``input_shape=(N, C, *spatial)``). ``at``: a node/submodule name (default: the output, or the last
-    spatial node if the model ends in global pooling/flatten). ``nd``: also compute the exact N-D map
-    of a model with branches now (chains always get it lazily as an outer product).
+    node whose field depends on the position if the model ends in global pooling/flatten). ``nd``:
+    also compute the exact N-D map of a model with branches now (chains always get it lazily as an
+    outer product).
 
-    Paths count spatial taps only (channels are not multiplied in). Transposed convolutions and
-    upsampling give each output phase its own field: use :func:`atrous.receptive_field` there.
+    Paths count spatial taps only (channels are not multiplied in). Transposed convolutions,
+    upsampling and windows give each output phase its own field: use :func:`atrous.receptive_field`
+    there.
 
     >>> cov = coverage([1, 2, 4, 8], kernel=3)
     >>> cov.extent, cov.covered, cov.holes
@@ -297,37 +289,36 @@ def coverage(dilations_or_layers_or_model, kernel=3, input_shape=None, at: str |
     >>> coverage([(1, 2), (1, 2)], kernel=3).extent
     (5, 9)
     """
-    steps, ndim, sizes = _spec_to_steps(dilations_or_layers_or_model, kernel, input_shape)
-    target = _target(steps, at, ndim, sizes)
-    name = steps[target].name
-    org, _, arrs = _walk(steps, ndim, target, nd=False)
+    spec = _spec(model, kernel)
+    g, vals, t = analyse(spec, input_shape, at)
+    v = vals[t]
+    name = g.nodes[g.tensors[t].node].name if at is None or at not in g.calls else at
+    if any(isinstance(f, Const) for f in v.full):
+        rf = field_of(g, vals, t)
+        if at is not None or rf.last_spatial is None:
+            raise ValueError(f"{name!r} has a global field (global pooling, attention or statistics over "
+                             "positions); coverage is defined for position-dependent fields: pass at= a node "
+                             "before it")
+        name = rf.last_spatial.name
+        t = g.node(name).outs[0]
+        v = vals[t]
+    if v.expr is None:
+        raise ValueError(f"{name!r} does not depend on the input")
+    dt = _dtype_for(_bound(g))
+    org, _, arrs = _Walk(g.ndim, False, dt)(v.expr)
     ndfun = None
-    if _is_torch_module(dilations_or_layers_or_model) and ndim > 1:
-        _cache: dict = {}
+    if is_torch_module(model) and g.ndim > 1:
+        cache: dict = {}
 
         def ndfun():
-            if "v" not in _cache:
-                o, _, a = _walk(steps, ndim, target, nd=True)
+            if "v" not in cache:
+                _, _, a = _Walk(g.ndim, True, dt)(v.expr)
                 nz = np.nonzero(a)
-                _cache["v"] = a[tuple(slice(int(i.min()), int(i.max()) + 1) for i in nz)]
-            return _cache["v"]
+                cache["v"] = a[tuple(slice(int(i.min()), int(i.max()) + 1) for i in nz)]
+            return cache["v"]
         if nd:
             ndfun()
     return _make(arrs, org, name, ndfun)
-
-
-def _target(steps, at, ndim, sizes) -> int:
-    """Index of the step at ``at`` (or the output; the last spatial node if space was collapsed)."""
-    from .receptive_field import _run, _results, _resolve_at
-    fields, notes = _run(steps, ndim, sizes)
-    res = _results(steps, fields, notes)
-    rf = _resolve_at(res, steps, at)
-    if any(rf.whole_input):
-        if at is not None or rf.last_spatial is None:
-            raise ValueError(f"{rf.name!r} collapses space (global pooling/flatten/linear); pass at= a "
-                             "spatial node")
-        rf = rf.last_spatial
-    return next(i for i, st in enumerate(steps) if st.name == rf.name and st.kind != "input")
 
 
 # ---------------------------------------------------------------------------------------- HDC

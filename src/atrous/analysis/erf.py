@@ -98,7 +98,7 @@ def _fit(m: np.ndarray):
 
 def effective_receptive_field(model, input_shape, n_samples: int = 16, n_inits: int = 1, at: str | None = None,
                               absolute: bool = True, seed: int = 0) -> ERF:
-    """Measure the effective receptive field of the centre output of ``model`` (or of submodule ``at``).
+    """Measure the effective receptive field of the centre output of ``model`` (or of node/submodule ``at``).
 
     ``input_shape=(N, C, *spatial)``: ``C`` and the spatial sizes are used; the inputs are
     ``n_samples`` standard-normal samples (one batch). ``n_inits > 1`` also averages over random
@@ -116,24 +116,24 @@ def effective_receptive_field(model, input_shape, n_samples: int = 16, n_inits: 
     """
     from .._optional import require
     torch = require("torch")
-    from .receptive_field import _check_shape, _eval_mode, receptive_field
+    from . import graph as G
+    from .receptive_field import receptive_field
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    input_shape = _check_shape(input_shape)
+    input_shape = G.check_shape(input_shape)
     for name, v in (("n_samples", n_samples), ("n_inits", n_inits)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-    sub = None
-    if at is not None:
-        try:
-            sub = model.get_submodule(at)
-        except AttributeError:
-            raise ValueError(f"at={at!r} is not a submodule of the model") from None
+    if at is not None and not isinstance(at, str):
+        raise TypeError(f"at must be a node or module name (str), got {type(at).__name__}")
     ndim = len(input_shape) - 2
     gen = torch.Generator().manual_seed(seed)
     p0 = next((p for p in model.parameters() if p.is_floating_point()), None)
     dtype = p0.dtype if p0 is not None else torch.float32
+    device = p0.device if p0 is not None else torch.device("cpu")
+    if device.type == "meta":
+        raise ValueError("the effective receptive field needs real weights; the model is on the meta device")
     acc = None
     out_index = None
     for init in range(n_inits):
@@ -144,28 +144,19 @@ def effective_receptive_field(model, input_shape, n_samples: int = 16, n_inits: 
             for m in net.modules():
                 if hasattr(m, "reset_parameters"):
                     m.reset_parameters()
-            if at is not None:
-                sub = net.get_submodule(at)
-        captured = {}
-        hook = sub.register_forward_hook(lambda m, i, o: captured.__setitem__("y", o)) if sub is not None else None
-        x = torch.randn((n_samples,) + input_shape[1:], generator=gen, dtype=dtype).requires_grad_(True)
-        try:
-            with _eval_mode(net):
-                y = net(x)
-        finally:
-            if hook is not None:
-                hook.remove()
-        y = captured.get("y", y)
+        x = torch.randn((n_samples,) + input_shape[1:], generator=gen, dtype=dtype).to(device).requires_grad_(True)
+        g = G.record(net, [x], meta=False, keep_tensors=True)       # one real run; node outputs kept
+        y = g.values.get(g.target(at))
         if not torch.is_tensor(y) or y.dim() != ndim + 2:
             raise ValueError(f"the {'output of ' + repr(at) if at else 'model output'} has shape "
                              f"{tuple(y.shape) if torch.is_tensor(y) else type(y).__name__}, not (N, C, *spatial) "
-                             f"with {ndim} spatial axes; pass at=<a spatial submodule>")
+                             f"with {ndim} spatial axes; pass at=<a spatial node or submodule>")
         out_index = tuple(n // 2 for n in y.shape[2:])
         y[(slice(None), slice(None)) + out_index].sum().backward()
-        g = x.grad.detach()
-        g = g.abs() if absolute else g
-        g = g.sum(dim=1).mean(dim=0).double().numpy()        # (*spatial): sum channels, mean samples
-        acc = g if acc is None else acc + g
+        gx = x.grad.detach()
+        gx = gx.abs() if absolute else gx
+        gx = gx.sum(dim=1).mean(dim=0).double().cpu().numpy()        # (*spatial): sum channels, mean samples
+        acc = gx if acc is None else acc + gx
     emap = acc / n_inits
     notes = []
     if not np.any(emap):

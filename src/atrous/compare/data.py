@@ -27,7 +27,6 @@ from __future__ import annotations
 import difflib
 import gzip
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,15 +269,9 @@ def load_mnist1d(data_dir: str | None = None) -> Dataset:
         mnist1d_data = require("mnist1d.data", "data")
         raw = mnist1d_data.make_dataset(mnist1d_data.get_dataset_args())
         d = {k: np.asarray(raw[k]) for k in keys}
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **d)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        from .._io import atomic_write
+        with atomic_write(path, "wb") as f:
+            np.savez(f, **d)
     return Dataset("mnist1d", d["x"][:, None].astype(np.float32), d["y"].astype(np.int64),
                    d["x_test"][:, None].astype(np.float32), d["y_test"].astype(np.int64), 10)
 

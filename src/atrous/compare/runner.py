@@ -19,16 +19,15 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._io import atomic_write
 from .._optional import require
 from . import strategies as S
 from .data import Dataset, check_task, load_task
@@ -140,32 +139,6 @@ def read_records(path) -> list[dict]:
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_write(path, mode: str = "w"):
-    """Open a temporary file next to ``path``; on success fsync and ``os.replace`` it onto ``path``,
-    on any exception (Ctrl-C included) delete it, leaving ``path`` untouched."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())      # mkstemp makes 0600; give the file normal modes
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def append_records(path, records: list[dict], replace_keys: bool = True) -> None:
     """Append ``records`` to ``results.jsonl`` atomically (old records with the same key are
     dropped when ``replace_keys``)."""
@@ -190,7 +163,7 @@ def _measure(model, ds: Dataset, cfg: dict) -> dict:
     cov = coverage(model.body, input_shape=shape)
     c = cost(model, shape)
     with torch.no_grad():
-        feat = model.body(torch.zeros(shape))
+        feat = model.body(torch.zeros(shape, device=next(model.parameters()).device))
     n_params = sum(p.numel() for p in model.parameters())
     if int(c.params) != n_params:
         raise RuntimeError(f"atrous.cost counts {c.params} parameters, the model has {n_params}")

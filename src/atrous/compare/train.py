@@ -39,15 +39,23 @@ def miou(conf: np.ndarray) -> float:
     return float((tp[seen] / union[seen]).mean()) if seen.any() else 0.0
 
 
+def _device(model):
+    """The device of the model's parameters (batches follow it)."""
+    p = next(model.parameters(), None)
+    return None if p is None else p.device
+
+
 def evaluate(model, x: np.ndarray, y: np.ndarray, num_classes: int, dense: bool,
              batch_size: int = 256) -> float:
-    """Test metric of ``model`` on ``x`` ``(N, C, *S)``: accuracy, or mIoU when ``dense``."""
+    """Test metric of ``model`` on ``x`` ``(N, C, *S)``: accuracy, or mIoU when ``dense``. Batches
+    run on the model's device."""
     torch = require("torch")
     model.eval()
+    device = _device(model)
     conf = np.zeros((num_classes, num_classes), np.int64)
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            pred = model(torch.from_numpy(x[i:i + batch_size])).argmax(1).numpy()
+            pred = model(torch.from_numpy(x[i:i + batch_size]).to(device)).argmax(1).cpu().numpy()
             conf += confusion(pred, y[i:i + batch_size], num_classes)
     return miou(conf) if dense else float(np.trace(conf) / max(conf.sum(), 1))
 
@@ -56,7 +64,7 @@ def throughput(model, x: np.ndarray, batch_size: int = 256, min_time: float = 0.
     """Inference samples per second (eval mode, no grad), after one warm-up batch."""
     torch = require("torch")
     model.eval()
-    xb = torch.from_numpy(x[:batch_size])
+    xb = torch.from_numpy(x[:batch_size]).to(_device(model))
     with torch.no_grad():
         model(xb)
         n, t0 = 0, time.perf_counter()
@@ -72,15 +80,17 @@ def train_run(model, ds, *, epochs: int, seed: int, batch_size: int = 128, lr: f
               weight_decay: float = 1e-2, bar=None) -> dict:
     """Train ``model`` on ``ds`` (an :class:`atrous.compare.data.Dataset`) and measure it.
 
-    Deterministic given ``seed`` and the torch thread count (the runner fixes both). ``bar`` is an
-    optional tqdm-like object updated once per epoch. Returns ``{"metric", "curve" (test metric per
-    epoch), "loss" (train loss per epoch), "epoch_time" (s, mean), "throughput" (samples/s)}``.
+    Batches run on the model's device. Deterministic on the CPU given ``seed`` and the torch thread
+    count (the runner fixes both). ``bar`` is an optional tqdm-like object updated once per epoch.
+    Returns ``{"metric", "curve" (test metric per epoch), "loss" (train loss per epoch),
+    "epoch_time" (s, mean), "throughput" (samples/s)}``.
     """
     torch = require("torch")
     F = torch.nn.functional
     g = torch.Generator().manual_seed(seed)
-    x = torch.from_numpy(ds.x_train)
-    y = torch.from_numpy(ds.y_train)
+    device = _device(model)
+    x = torch.from_numpy(ds.x_train).to(device)
+    y = torch.from_numpy(ds.y_train).to(device)
     steps = epochs * (-(-len(x) // batch_size))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
@@ -88,7 +98,7 @@ def train_run(model, ds, *, epochs: int, seed: int, batch_size: int = 128, lr: f
     for _ in range(epochs):
         model.train()
         t0 = time.perf_counter()
-        total, perm = 0.0, torch.randperm(len(x), generator=g)
+        total, perm = 0.0, torch.randperm(len(x), generator=g).to(device)
         for i in range(0, len(x), batch_size):
             idx = perm[i:i + batch_size]
             loss = F.cross_entropy(model(x[idx]), y[idx])      # logits (B, classes[, *S])

@@ -12,6 +12,7 @@ filter degenerates to its centre tap (DeepLabV3 Fig. 4).
 from __future__ import annotations
 
 import numbers
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import geometry
+from ..geometry import IntOrTuple
 from .conv import Conv2d, _check_positive_int, conv
 
 __all__ = ["ASPP", "aspp", "rates_for", "valid_tap_fraction"]
@@ -43,7 +45,7 @@ def _axis_valid_fraction(n: int, k: int, d: int) -> float:
     return float(((pos >= 0) & (pos < n)).mean())
 
 
-def valid_tap_fraction(feature_size, rates, kernel_size: int = 3) -> dict:
+def valid_tap_fraction(feature_size: IntOrTuple, rates: Sequence[int], kernel_size: int = 3) -> Dict[int, float]:
     """Fraction of a ``kernel_size``-squared kernel's taps that land inside an ``H x W`` feature map
     ("same" padding, averaged over all output positions), per rate.
 
@@ -65,7 +67,10 @@ def valid_tap_fraction(feature_size, rates, kernel_size: int = 3) -> dict:
     return out
 
 
-def aspp(x, weights, rates, project_weight, pool_weight=None, norms=None, eps=1e-5):
+def aspp(x: torch.Tensor, weights: Sequence[torch.Tensor], rates: Sequence[int], project_weight: torch.Tensor,
+         pool_weight: Optional[torch.Tensor] = None,
+         norms: Optional[Sequence[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]] = None,
+         eps: float = 1e-5) -> torch.Tensor:
     """Functional twin of :class:`ASPP` (inference): ``(N, C_in, H, W) -> (N, C_out, H, W)``.
 
     ``weights``: the 1x1 branch ``(C_out, C_in, 1, 1)`` then one ``(C_out, C_in, 3, 3)`` per rate;
@@ -131,8 +136,8 @@ class ASPP(nn.Module):
     {6: 0.58, 12: 0.28, 18: 0.11}
     """
 
-    def __init__(self, in_channels, out_channels=256, rates=None, output_stride=16, image_pooling=True,
-                 dropout=0.0):
+    def __init__(self, in_channels: int, out_channels: int = 256, rates: Optional[Sequence[int]] = None,
+                 output_stride: int = 16, image_pooling: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
         _check_positive_int(in_channels, "in_channels")
         _check_positive_int(out_channels, "out_channels")
@@ -151,7 +156,7 @@ class ASPP(nn.Module):
         self.project = nn.Sequential(nn.Conv2d(len(branches) * out_channels, out_channels, 1, bias=False),
                                      nn.BatchNorm2d(out_channels), nn.ReLU(), nn.Dropout(dropout))
 
-    def valid_tap_fraction(self, feature_size) -> dict:
+    def valid_tap_fraction(self, feature_size: IntOrTuple) -> Dict[int, float]:
         """Per rate, the fraction of 3x3 taps inside a ``feature_size`` map (see module function)."""
         return valid_tap_fraction(feature_size, self.rates, 3)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +31,8 @@ DEFAULT_DILATIONS = (1, 1, 2, 4, 8, 16, 1)
 LARGE_WIDTHS = (2, 2, 4, 8, 16, 32, 32)
 
 
-def context_module(x, weights, biases, dilations=DEFAULT_DILATIONS):
+def context_module(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]],
+                   dilations: Sequence[int] = DEFAULT_DILATIONS) -> torch.Tensor:
     """Functional twin of :class:`ContextModule`: ``relu(conv(x, w_i, b_i, "same", d_i))`` for each
     3x3 layer, then the final 1x1 layer ``weights[-1]`` with ReLU. ``(N, C, H, W) -> (N, C, H, W)``.
 
@@ -79,8 +81,8 @@ class ContextModule(nn.Module):
 
     __jit_unused_properties__ = ["receptive_field"]
 
-    def __init__(self, channels, variant="basic", dilations=DEFAULT_DILATIONS, widths=None,
-                 identity_init=True, noise_std=0.0):
+    def __init__(self, channels: int, variant: str = "basic", dilations: Sequence[int] = DEFAULT_DILATIONS,
+                 widths: Optional[Sequence[int]] = None, identity_init: bool = True, noise_std: float = 0.0) -> None:
         super().__init__()
         c = _check_positive_int(channels, "channels")
         if variant not in ("basic", "large"):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import operator
 import warnings
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.fx as fx
@@ -32,30 +32,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import geometry
-from .conv import _ConvNd
+from ..analysis import rules
+from .conv import DeviceArg, _ConvNd
 
 __all__ = ["stream", "Stepper", "StreamConv1d"]
 
-_POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink,
-    nn.Softsign, nn.LogSigmoid,
-)
+# Which ops are pointwise in time comes from the analysis's op-rule registry (atrous.analysis.rules),
+# the one op table of the package; the tables below only choose faster code for the stepper.
 _AS_FUNCTION = {nn.ReLU: torch.relu, nn.Tanh: torch.tanh, nn.Sigmoid: torch.sigmoid}
 _FRESH_RESULTS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul}
 _INPLACE = {torch.relu: torch.relu_, torch.tanh: torch.tanh_, torch.sigmoid: torch.sigmoid_}
 _DROPPED_MODULES = (nn.Identity, nn.Dropout, nn.AlphaDropout, nn.FeatureAlphaDropout)
-_POINTWISE_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
-    operator.imul, torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.tanh, torch.sigmoid,
-    torch.relu, torch.exp, torch.abs, torch.sin, torch.cos, torch.clamp, torch.square,
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.softplus,
-    F.hardtanh, F.hardswish, F.hardsigmoid, F.logsigmoid, F.tanh, F.sigmoid,
-}
-_POINTWISE_METHODS = {
-    "add", "sub", "mul", "div", "neg", "tanh", "sigmoid", "relu", "exp", "abs", "clamp", "square",
-    "add_", "mul_", "relu_", "contiguous",
-}
 _CHANNEL_SPLITS = {torch.chunk, torch.split, "chunk", "split"}
 _CHANNEL_DIMS = (1, -2)
 
@@ -95,7 +82,8 @@ class StreamConv1d(nn.Module):
     True
     """
 
-    def __init__(self, weight: torch.Tensor, bias, dilation: int, groups: int, inplace: bool):
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], dilation: int, groups: int,
+                 inplace: bool) -> None:
         super().__init__()
         c_out, c_in_g, k = weight.shape
         self.k, self.dilation, self.groups, self.inplace = k, dilation, groups, inplace
@@ -187,7 +175,7 @@ def _dim_of(node: fx.Node):
 def _check_pointwise(node: fx.Node, split_nodes: set) -> None:
     where = f"operation {node.format_node()!r}"
     if node.op == "call_function":
-        if node.target in _POINTWISE_FUNCTIONS:
+        if rules.pointwise_op(getattr(node.target, "__name__", ""), method=False):
             return
         if node.target is operator.getitem and node.args[0] in split_nodes and isinstance(node.args[1], int):
             return
@@ -197,7 +185,7 @@ def _check_pointwise(node: fx.Node, split_nodes: set) -> None:
                     split_nodes.add(node)
                 return
     elif node.op == "call_method":
-        if node.target in _POINTWISE_METHODS:
+        if rules.pointwise_op(node.target, method=True):
             return
         if node.target in ("chunk", "split"):
             if _dim_of(node) in _CHANNEL_DIMS:
@@ -215,6 +203,19 @@ class Stepper(nn.Module):
     same computation on a list (the form TorchScript and ONNX see). One stepper serves any number of
     states, one call at a time (not from several threads at once: the eager path caches ring views).
 
+    ``step`` and the eager ``forward`` check the state against the stepper before any work: the number
+    of tensors, the cursor ``state[0]`` (an int64 tensor of shape ``()``, ``>= 0``), each ring's
+    shape ``(N, d, k - 1, C_in)``, dtype and device, one batch size ``N`` for ``x`` and every ring,
+    and ``x``'s channels, length ``T >= 1``, dtype and device; a mismatch is a one-line error naming
+    the state entry (and its layer). Rings already checked (the in-place stepper hands the same
+    tensors back every step) are recognised by identity, so a step pays for the check once.
+
+    Saving: ``torch.save(stepper)`` (a pickled module), or the TorchScript way,
+    ``torch.jit.save(torch.jit.script(stepper), path)`` then ``m = torch.jit.load(path)``,
+    ``state = m.zero_state(batch_size)`` and ``y, state = m(x, state)`` (no Python needed; the
+    scripted form skips the checks). The state itself is plain tensors: ``torch.save`` it (it loads
+    with ``weights_only=True``).
+
     >>> import torch, atrous.nn as ann
     >>> s = ann.stream(ann.WaveNet(1, 2, residual_channels=4, layers_per_stack=3))
     >>> s.history, [tuple(r.shape) for r in s.init_state(5)[1:3]]     # (k - 1) * d per layer
@@ -222,10 +223,17 @@ class Stepper(nn.Module):
     >>> y, state = s.step(torch.randn(5, 1, 1), s.init_state(5))
     >>> y.shape, int(state[0])
     (torch.Size([5, 2, 1]), 1)
+    >>> s.step(torch.randn(4, 1, 1), state)
+    Traceback (most recent call last):
+    ...
+    ValueError: state[1] (ring buffer of layer 'input') is for batch size 5, x has batch size 4
     """
 
+    __jit_unused_properties__ = ["history"]
+
     def __init__(self, program: fx.GraphModule, convs: List[StreamConv1d], names: List[str],
-                 in_channels: int, inplace: bool, script: bool = False, single=None):
+                 in_channels: int, inplace: bool, script: bool = False,
+                 single: Optional[fx.GraphModule] = None) -> None:
         super().__init__()
         self.has_single = single is not None
         single = program if single is None else single
@@ -237,9 +245,10 @@ class Stepper(nn.Module):
         self.single = single
         self.scripted = script
         object.__setattr__(self, "_eager", None)   # closure program for eager T = 1 steps (not a submodule)
+        object.__setattr__(self, "_checked", None)  # (batch size, rings) last checked, by identity
         self.in_channels = in_channels
         self.inplace = inplace
-        self.ring_shapes = [(c.dilation, c.k - 1, c.in_channels) for c in convs]  # per layer, after N
+        self.ring_shapes: List[Tuple[int, int, int]] = [(c.dilation, c.k - 1, c.in_channels) for c in convs]
         self.layer_names = names
         w = convs[0].weight
         self.register_buffer("_ref", torch.empty(0, dtype=w.dtype, device=w.device), persistent=False)
@@ -249,28 +258,96 @@ class Stepper(nn.Module):
         """Ring-buffer length ``(k - 1) * d`` of each streaming layer, in state order."""
         return [d * k1 for d, k1, _ in self.ring_shapes]
 
-    def init_state(self, batch_size: int, device=None, dtype=None) -> Tuple[torch.Tensor, ...]:
-        """Zero state for ``batch_size`` sequences: ``(t, ring_0, ring_1, ...)``."""
+    def init_state(self, batch_size: int, device: Optional[DeviceArg] = None,
+                   dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, ...]:
+        """Zero state for ``batch_size`` sequences: ``(t, ring_0, ring_1, ...)`` on the stepper's
+        device and dtype (``device``/``dtype``, if given, must be those: move the stepper with
+        ``.to()`` to stream elsewhere)."""
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        device = self._ref.device if device is None else device
-        dtype = self._ref.dtype if dtype is None else dtype
-        rings = [torch.zeros(batch_size, *shape, device=device, dtype=dtype) for shape in self.ring_shapes]
-        return (torch.zeros((), dtype=torch.int64, device=device), *rings)
+        ref = self._ref
+        if device is not None and torch.empty(0, device=device).device != ref.device:
+            raise ValueError(f"device {device!r}: the stepper is on {ref.device}; move it with stepper.to(...) "
+                             "and the state follows")
+        if dtype is not None and dtype != ref.dtype:
+            raise ValueError(f"dtype {dtype}: the stepper computes in {ref.dtype}; convert it with "
+                             "stepper.to(dtype) and the state follows")
+        return tuple(self.zero_state(batch_size))
+
+    @torch.jit.export
+    def zero_state(self, batch_size: int) -> List[torch.Tensor]:
+        """:meth:`init_state` as a list (also on a scripted or loaded TorchScript stepper)."""
+        ref = self._ref
+        out = [torch.zeros((), dtype=torch.int64, device=ref.device)]
+        for d, k1, c in self.ring_shapes:
+            out.append(torch.zeros([batch_size, d, k1, c], dtype=ref.dtype, device=ref.device))
+        return out
 
     @staticmethod
-    def clone_state(state) -> Tuple[torch.Tensor, ...]:
+    def clone_state(state: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         """A snapshot of ``state`` (the in-place stepper overwrites the buffers it is given)."""
         return tuple(s.clone() for s in state)
 
-    def step(self, x: torch.Tensor, state) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
-        """Consume ``x (N, C_in, T)`` and return ``(y (N, C_out, T), new_state)``."""
+    @torch.jit.unused
+    def check(self, x: torch.Tensor, state: Sequence[torch.Tensor]) -> None:
+        """Raise a one-line ``ValueError``/``TypeError`` naming the entry if ``x`` and ``state``
+        do not fit this stepper (see the class docstring); ``step`` calls it."""
+        ref = self._ref
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a tensor (N, {self.in_channels}, T), got {type(x).__name__}")
         if x.dim() != 3 or x.size(1) != self.in_channels or x.size(2) < 1:
             raise ValueError(f"x must be (N, {self.in_channels}, T) with T >= 1, got {tuple(x.shape)}")
-        if len(state) != len(self.ring_shapes) + 1 or state[1].size(0) != x.size(0):
-            raise ValueError(f"state must be init_state(batch_size={x.size(0)}) of this stepper "
-                             f"({len(self.ring_shapes) + 1} tensors), got {len(state)} tensors "
-                             f"with batch {state[1].size(0) if len(state) > 1 else None}")
+        if x.dtype != ref.dtype:
+            raise ValueError(f"x has dtype {x.dtype}, the stepper computes in {ref.dtype}; convert x "
+                             f"(x.to({ref.dtype})) or the stepper (stepper.to({x.dtype}), then a new state)")
+        if x.device != ref.device:
+            raise ValueError(f"x is on {x.device}, the stepper on {ref.device}; move one of them")
+        if not isinstance(state, (tuple, list)):
+            raise TypeError(f"state must be the tuple of tensors from init_state(batch_size), got "
+                            f"{type(state).__name__}")
+        n = len(self.ring_shapes) + 1
+        if len(state) != n:
+            raise ValueError(f"state must have {n} tensors (the cursor t and {n - 1} ring buffers, from "
+                             f"init_state(batch_size)), got {len(state)}")
+        t = state[0]
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 0:
+            got = (f"{t.dtype} of shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__)
+            raise ValueError(f"state[0] (the cursor t, samples consumed) must be an int64 tensor of shape (), "
+                             f"got {got}")
+        if t.device != ref.device:
+            raise ValueError(f"state[0] (the cursor t) is on {t.device}, the stepper on {ref.device}")
+        batch = x.size(0)
+        rings = state[1:]
+        seen = self._checked
+        if seen is None or seen[0] != batch or len(seen[1]) != len(rings) or \
+                not all(a is b for a, b in zip(seen[1], rings)):
+            for i, (r, shape, name) in enumerate(zip(rings, self.ring_shapes, self.layer_names)):
+                self._check_ring(i + 1, name, r, shape, batch)
+            object.__setattr__(self, "_checked", (batch, tuple(rings)))
+        if int(t) < 0:
+            raise ValueError(f"state[0] (the cursor t, samples consumed) must be >= 0, got {int(t)}")
+
+    def _check_ring(self, i: int, name: str, r, shape, batch: int) -> None:
+        ref = self._ref
+        where = f"state[{i}] (ring buffer of layer {name!r})"
+        if not isinstance(r, torch.Tensor):
+            raise TypeError(f"{where} must be a tensor, got {type(r).__name__}")
+        want = (batch, *shape)
+        if tuple(r.shape) != want:
+            if r.dim() == 4 and tuple(r.shape[1:]) == tuple(shape):
+                raise ValueError(f"{where} is for batch size {r.shape[0]}, x has batch size {batch}")
+            raise ValueError(f"{where} must have shape {want} = (N, dilation, kernel_size - 1, C_in), "
+                             f"got {tuple(r.shape)}")
+        if r.dtype != ref.dtype:
+            raise ValueError(f"{where} has dtype {r.dtype}, the stepper computes in {ref.dtype}")
+        if r.device != ref.device:
+            raise ValueError(f"{where} is on {r.device}, the stepper on {ref.device}")
+        if not r.is_contiguous():
+            raise ValueError(f"{where} must be contiguous (the stepper writes into it); pass r.contiguous()")
+
+    def step(self, x: torch.Tensor, state: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """Consume ``x (N, C_in, T)`` and return ``(y (N, C_out, T), new_state)``."""
+        self.check(x, state)
         with torch.no_grad():
             if self.has_single and x.size(2) == 1:
                 if self.scripted:
@@ -281,18 +358,24 @@ class Stepper(nn.Module):
                     y, new = self._eager(x, list(state))
             else:
                 y, new = self.program(x, list(state))
+        if not self.inplace:                       # new rings, valid by construction
+            object.__setattr__(self, "_checked", (x.size(0), tuple(new[1:])))
         return y, tuple(new)
 
     def __getstate__(self):                        # copy/pickle without the eager closures
         state = dict(super().__getstate__())
         state["_eager"] = None
+        state["_checked"] = None
         return state
 
     def _apply(self, fn, recurse=True):            # .to()/.double(): rebuild the eager closures later
         object.__setattr__(self, "_eager", None)
+        object.__setattr__(self, "_checked", None)
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor, state: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
+            self.check(x, state)
         if self.has_single and x.size(2) == 1:
             return self.single(x, state)
         return self.program(x, state)
@@ -501,7 +584,7 @@ def _build(graph: fx.Graph, model: nn.Module, inplace: bool, single_of):
                 if single and fresh and len(arg.users) == 1:
                     fn = _INPLACE[fn]                             # sole user of a new tensor: no copy
                 env[node] = g.call_function(fn, (src,))
-            elif isinstance(m, _POINTWISE_MODULES) or (isinstance(m, nn.BatchNorm1d) and m.track_running_stats):
+            elif rules.pointwise_module(m):
                 root[node.target] = m
                 env[node] = g.node_copy(node, lambda n: env[n])
             else:

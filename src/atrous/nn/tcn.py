@@ -9,6 +9,7 @@ changes): ``y = relu(x_res + F(x))``. :class:`TCN` stacks blocks with dilations 
 from __future__ import annotations
 
 import numbers
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,10 @@ def _check_dropout(dropout) -> float:
     return float(dropout)
 
 
-def temporal_block(x, weight1, bias1, weight2, bias2, dilation=1, weight_res=None, bias_res=None,
-                   causal=True, dropout=0.0, training=False):
+def temporal_block(x: torch.Tensor, weight1: torch.Tensor, bias1: Optional[torch.Tensor], weight2: torch.Tensor,
+                   bias2: Optional[torch.Tensor], dilation: int = 1, weight_res: Optional[torch.Tensor] = None,
+                   bias_res: Optional[torch.Tensor] = None, causal: bool = True, dropout: float = 0.0,
+                   training: bool = False) -> torch.Tensor:
     """Functional twin of :class:`TemporalBlock`.
 
     ``x (N, C_in, L)``, ``weight1 (C_out, C_in, k)``, ``weight2 (C_out, C_out, k)``, optional
@@ -59,8 +62,8 @@ class TemporalBlock(nn.Module):
     torch.Size([2, 8, 50])
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, dilation=1, dropout=0.0,
-                 causal=True, weight_norm=False):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1,
+                 dropout: float = 0.0, causal: bool = True, weight_norm: bool = False) -> None:
         super().__init__()
         _check_positive_int(in_channels, "in_channels")
         _check_positive_int(out_channels, "out_channels")
@@ -97,8 +100,9 @@ class TCN(nn.Module):
 
     __jit_unused_properties__ = ["receptive_field"]
 
-    def __init__(self, in_channels, channels, kernel_size=3, dilations=None, dropout=0.0, causal=True,
-                 weight_norm=False):
+    def __init__(self, in_channels: int, channels: Sequence[int], kernel_size: int = 3,
+                 dilations: Optional[Sequence[int]] = None, dropout: float = 0.0, causal: bool = True,
+                 weight_norm: bool = False) -> None:
         super().__init__()
         _check_positive_int(in_channels, "in_channels")
         channels = list(channels) if isinstance(channels, (list, tuple)) else channels

@@ -10,7 +10,7 @@ residual projection added back to the layer input. The summed skips go through
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -21,7 +21,9 @@ from .conv import Conv1d, _check_positive_int, conv
 __all__ = ["GatedResidualLayer", "WaveNet", "gated_residual"]
 
 
-def gated_residual(x, weight, bias, weight_skip, bias_skip, weight_res, bias_res, dilation=1):
+def gated_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], weight_skip: torch.Tensor,
+                   bias_skip: Optional[torch.Tensor], weight_res: torch.Tensor, bias_res: Optional[torch.Tensor],
+                   dilation: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
     """Functional twin of :class:`GatedResidualLayer`: returns ``(x + res, skip)``.
 
     ``x (N, R, L)``, ``weight (2G, R, k)``, ``weight_skip (S, G, 1)``, ``weight_res (R, G, 1)``
@@ -47,14 +49,15 @@ class GatedResidualLayer(nn.Module):
     (torch.Size([1, 8, 30]), torch.Size([1, 16, 30]))
     """
 
-    def __init__(self, residual_channels, gate_channels, skip_channels, kernel_size=2, dilation=1):
+    def __init__(self, residual_channels: int, gate_channels: int, skip_channels: int, kernel_size: int = 2,
+                 dilation: int = 1) -> None:
         super().__init__()
         self.conv = Conv1d(residual_channels, 2 * gate_channels, kernel_size, padding="causal",
                            dilation=dilation)
         self.skip = Conv1d(gate_channels, skip_channels, 1)
         self.res = Conv1d(gate_channels, residual_channels, 1)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         f, g = self.conv(x).chunk(2, dim=1)                         # 2 x (N, G, L)
         z = torch.tanh(f) * torch.sigmoid(g)
         return x + self.res(z), self.skip(z)
@@ -74,9 +77,10 @@ class WaveNet(nn.Module):
 
     __jit_unused_properties__ = ["receptive_field"]
 
-    def __init__(self, in_channels, out_channels, residual_channels=32, gate_channels=None,
-                 skip_channels=None, kernel_size=2, layers_per_stack=10, stacks=1, dilations=None,
-                 input_kernel_size=2):
+    def __init__(self, in_channels: int, out_channels: int, residual_channels: int = 32,
+                 gate_channels: Optional[int] = None, skip_channels: Optional[int] = None, kernel_size: int = 2,
+                 layers_per_stack: int = 10, stacks: int = 1, dilations: Optional[Sequence[int]] = None,
+                 input_kernel_size: int = 2) -> None:
         super().__init__()
         for name, v in [("in_channels", in_channels), ("out_channels", out_channels),
                         ("residual_channels", residual_channels), ("kernel_size", kernel_size),
