@@ -28,13 +28,15 @@ cache (im2col) and one GEMM per group writes the chunk straight into the result:
 
     y[n, :, box] = W (C_out, T*C_in)  @  patch (T*C_in, box)          (T live taps; per group)
 
-For short lines (3-D volumes, small 2-D maps) the windows are instead contiguous slices of the
-flattened grid that include the padding columns (the GEMM computes a few extra columns that are
-dropped). Depthwise weights use a broadcast multiply-add instead of a GEMM. Big calls run the chunks
-on a small thread pool with single-threaded BLAS when ``threadpoolctl`` is installed, because
-NumPy's copies are otherwise single-threaded. The chunking never depends on the thread count, and
-every output value is computed by one fixed sequence of operations, so results are bit-identical
-however the chunks are scheduled.
+The live taps of one phase are a product of arithmetic runs (one per axis), so all their windows
+are one strided view and the patch takes one copy per phase. Variants, chosen per call and measured
+with ``benchmarks/engine.py``: few output channels out of many -- one GEMM per tap straight on
+contiguous flat windows of the grid (padding columns included and dropped at the end), accumulated
+("tap"); 3-D volumes with short lines -- flat windows, one span per plane, in the patch; depthwise
+weights -- a broadcast multiply-add. Big calls run the chunks on a small thread pool with
+single-threaded BLAS when ``threadpoolctl`` is installed, because NumPy's copies are otherwise
+single-threaded. The chunking never depends on the thread count, and every output value is computed
+by one fixed sequence of operations, so results are bit-identical however the chunks are scheduled.
 
 Backward, derived next to the forward
 -------------------------------------
@@ -43,9 +45,7 @@ With the forward written per tap as ``y[t] = sum_j W_j x[t*s + d*j]`` (``t`` ove
 
 * ``dL/dW_j = sum_t g[t] x[t*s + d*j]^T`` -- a correlation of the input with the output gradient,
   in which the output gradient plays the kernel: it steps by the *dilation* ``d`` over the input
-  while its own index steps by the *stride* (stride and dilation exchanged). Computed as the
-  forward's patch of a chunk times the chunk of ``g`` (one GEMM reducing over the chunk's
-  positions), accumulated in place in a fixed chunk order (one partial per worker thread).
+  while its own index steps by the *stride* (stride and dilation exchanged).
 * ``dL/dx[i] = sum_{j, t: t*s + d*j = i} W_j^T g[t]`` -- the *transposed convolution* of ``g``
   (zero-inserted by the stride: the phases; kernel flipped: shifts ``-qoff_j``; same dilation). For
   each input phase it is a gather, the forward with the roles of ``x`` and ``g`` swapped: phase
@@ -53,15 +53,23 @@ With the forward written per tap as ``y[t] = sum_j W_j x[t*s + d*j]`` (``t`` ove
   zero-padded. :func:`conv_transpose` is exactly this operator.
 * ``dL/db = sum over N and space of g``.
 
+Indexed by the input position ``q`` instead, ``dL/dW_j = sum_q g[q - qoff_j] x[q]^T`` over the
+phase of tap ``j``: the patch ``P`` of shifted ``g`` windows that gives ``dL/dx = W^T P`` also gives
+``(dL/dW)^T += P x^T`` (:func:`_backward`, one patch for both gradients). The weight gradient sums
+chunk partials in place, in a fixed order (chunk ``i`` into slot ``i % S``, each slot by one thread
+in chunk order, the ``S`` slots summed in order): at most ``S`` weight-sized accumulators.
+
 NaN and inf like PyTorch
 ------------------------
 PyTorch multiplies every (output, tap) pair, padding zeros included, and nothing else. The engine
 does the same: the forward and ``dL/dW`` read only real outputs (a NaN input poisons exactly the
 outputs and weight taps that read it); a dead tap contributes ``0 * w`` to the forward and
 ``0 * g`` to ``dL/dW`` (NaN only when those are non-finite). In ``dL/dx`` the zero padding of ``g``
-is not part of PyTorch's products, which only matters for non-finite weights: then the finite part
-of the weight runs the normal path and the non-finite entries are added from exact counts of their
-NaN, +inf and -inf products. No RuntimeWarning is raised for non-finite data.
+is not part of PyTorch's products, which only matters for non-finite weights: then the products of
+finite values run the normal path and the others are added from exact counts of their NaN, +inf and
+-inf products (:func:`_grad_input_nonfinite`). The one-patch backward multiplies the zero padding of
+``g`` by ``x``, so it runs only on finite data; otherwise the two gradients take separate exact
+paths. No RuntimeWarning is raised for non-finite data.
 """
 
 from __future__ import annotations
