@@ -121,8 +121,8 @@ def set_memory_budget(nbytes: int | None) -> int:
     """Set the global work-buffer budget in bytes (``None`` restores 256 MiB); returns the old one.
 
     A per-call ``memory_budget=`` overrides it. The promise: beyond the arrays themselves -- the
-    inputs and results, a zero-padded (phase) copy of the input or of the output gradient, copies
-    of the weight and one weight-gradient partial per worker thread -- no call allocates more than
+    inputs and results, their zero-padded (phase-split) or contiguous copies, copies of the weight,
+    and one weight-gradient accumulator and partial per thread slot -- no call allocates more than
     the budget, shared by every chunk in flight. Below the buffers of one output position (about
     ``prod(kernel) * C_in`` values) the work cannot be cut further and that minimum is used.
 
