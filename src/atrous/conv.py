@@ -56,8 +56,9 @@ With the forward written per tap as ``y[t] = sum_j W_j x[t*s + d*j]`` (``t`` ove
 Indexed by the input position ``q`` instead, ``dL/dW_j = sum_q g[q - qoff_j] x[q]^T`` over the
 phase of tap ``j``: the patch ``P`` of shifted ``g`` windows that gives ``dL/dx = W^T P`` also gives
 ``(dL/dW)^T += P x^T`` (:func:`_backward`, one patch for both gradients). The weight gradient sums
-chunk partials in place, in a fixed order (chunk ``i`` into slot ``i % S``, each slot by one thread
-in chunk order, the ``S`` slots summed in order): at most ``S`` weight-sized accumulators.
+chunk partials in place, in a fixed order: chunk ``i`` into accumulator ``i % S``, each accumulator
+taken by one thread at a time and filled in chunk order, the ``S`` accumulators summed in order
+(``S`` is fixed by the machine and the budget, see :func:`_acc_slots`, never by the threads).
 
 NaN and inf like PyTorch
 ------------------------
@@ -100,7 +101,17 @@ _FUSED_ROWS = 512           # backward chunks: each also adds a weight-sized par
 # The budget is shared by up to _SLOTS chunks running at once (a constant of the machine, so that
 # the chunking, hence every rounding, never depends on how many threads happen to run).
 _SLOTS = max(1, min(os.cpu_count() or 1, 8))
-# Tests force a strategy ("im2col" or "elementwise") or a window mode ("crop" or "flat")
+
+
+def _acc_slots(weight_elems, budget):
+    """Weight-gradient accumulators: one per chunk slot, plus up to 3 more per slot that fit in a
+    quarter of the budget (elements), so that threads taking the accumulators one at a time stay
+    balanced. A fixed number, never the thread count. Returns (count, budget left for chunks)."""
+    extra = min(3 * _SLOTS, (budget // 4) // max(1, weight_elems))
+    return _SLOTS + extra, max(1, budget - extra * weight_elems)
+
+
+# Tests force a strategy ("im2col", "tap" or "elementwise") or a window mode ("crop" or "flat")
 # everywhere, and set _PARALLEL to False to run chunks serially.
 _FORCE = None
 _FORCE_MODE = None
@@ -122,8 +133,9 @@ def set_memory_budget(nbytes: int | None) -> int:
 
     A per-call ``memory_budget=`` overrides it. The promise: beyond the arrays themselves -- the
     inputs and results, their zero-padded (phase-split) or contiguous copies, copies of the weight,
-    and one weight-gradient accumulator and partial per thread slot -- no call allocates more than
-    the budget, shared by every chunk in flight. Below the buffers of one output position (about
+    and one weight-gradient accumulator and partial per core (up to 8) -- no call allocates more
+    than the budget, shared by every chunk in flight (further accumulators, which balance the
+    threads, come out of the budget). Below the buffers of one output position (about
     ``prod(kernel) * C_in`` values) the work cannot be cut further and that minimum is used.
 
     >>> old = set_memory_budget(64 * 2**20)
@@ -866,7 +878,7 @@ def _backward(gy, x, weight, spec, plan, gb):
     src, jobs, kidxs = _transpose_jobs(gy, weight, spec, plan, "im2col", workers, flat_ok=False)
     gx = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
     x = np.ascontiguousarray(x)
-    budget = max(1, spec.budget // spec.dtype.itemsize)
+    slots, budget = _acc_slots(G * len(plan.kidx) * cgo * cgi, max(1, spec.budget // spec.dtype.itemsize))
     rows, T, pers, biggest, wmats = [], 0, [], 1, []
     for job, kidx in zip(jobs, kidxs):
         rows.append(T)
@@ -881,8 +893,7 @@ def _backward(gy, x, weight, spec, plan, gb):
             for ch in _chunks(spec.n, job.box, pers[ji], budget, _FUSED_ROWS, split)[0]:
                 yield ji, ch
 
-    count = sum(1 for _ in chunks())
-    S = min(_SLOTS, count)
+    S = min(slots, sum(1 for _ in chunks()))
     accs = np.zeros((S, G, T * cgo, cgi), dtype=spec.dtype)     # (dW)^T per slot, taps in job order
     M = math.prod(spec.in_sizes)
 
@@ -975,14 +986,14 @@ def _grad_weight(gy, x, spec, plan, gb):
                                                                   flat)]), workers)
         if flat and not _finite(src.flat):
             flat = False           # flat windows would multiply non-finite inputs by zeros
-        budget = max(1, spec.budget // spec.dtype.itemsize)
+        slots, budget = _acc_slots(G * T * cgo * cgi, max(1, spec.budget // spec.dtype.itemsize))
         per = T * spec.c_in + spec.c_out                           # patch + gradient chunk
         if flat:
             per = math.ceil(per * _waste(out, rs))
         # bigger chunks than the forward's: each adds a weight-sized partial
         split = _flops(spec, plan) >= _PAR_MIN_FLOPS
         chunks, most = _chunks(spec.n, out, per, budget, 4 * _MIN_ROWS, split)
-        count = sum(1 for _ in chunks)
+        S = min(slots, sum(1 for _ in chunks))
 
         def partial(ch, part):
             nn, sub = ch.n1 - ch.n0, _sub(ch, out)
@@ -1007,7 +1018,6 @@ def _grad_weight(gy, x, spec, plan, gb):
 
         # Fixed reduction order whatever the scheduling: chunk i is added to slot i % S, each
         # slot by one thread in chunk order, and the S slots are summed in order at the end.
-        S = min(_SLOTS, count)
         accs = np.zeros((S, G, T * cgi, cgo), dtype=spec.dtype)
 
         def work(i, slot):
