@@ -1,13 +1,18 @@
-"""Speed of the analysis: receptive field of a ResNet-50-sized model, coverage of a 2-D stack.
+"""Speed of the analysis: receptive field of a ResNet-50-sized model, coverage of a 2-D stack, and the
+field of zoo-like models (tests/rf_models.py at full size: ResNet-50 layout, ConvNeXt-T-ish, Swin-T-ish,
+ViT-Ti-ish at 224x224) side by side with one forward pass of the same model.
 
 Run: python benchmarks/analysis.py
 Prints seconds per call (median of a few runs) and, as the anchor measured in the same run, the
-time of one forward pass of the same model on the same input (what any shape-propagating tool pays).
+time of one forward pass of the same model on the same input (what any shape-propagating tool pays),
+with the load average and the torch thread count.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -73,6 +78,39 @@ def timeit(fn, repeat=5):
     return statistics.median(ts)
 
 
+def zoo_like():
+    """Field time / forward time for full-size versions of the test models (tests/rf_models.py)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import rf_models as R
+
+    models = [
+        ("ResNet-50 layout (torchvision)", lambda: R.ResNet(R.Bottleneck, [3, 4, 6, 3], widths=(64, 128, 256, 512),
+                                                            num_classes=1000)),
+        ("ConvNeXt-ish (dims 96/192)", lambda: R.ConvNeXt(dims=(96, 192), num_classes=1000)),
+        ("Swin-ish (dim 96, window 7, W+SW)", lambda: R.Swin(img=224, dim=96, window_size=7, shifted=True)),
+        ("ViT-Ti-ish (patch 16, dim 192, 12 blocks)", lambda: R.ViT("qkv", img=224, patch=16, dim=192, depth=12,
+                                                                   num_classes=1000)),
+    ]
+    shape = (1, 3, 224, 224)
+    print(f"\nzoo-like models at {shape}: load average {os.getloadavg()[0]:.2f}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'model':44} {'forward':>10} {'field':>10} {'field/forward':>14}")
+    for name, make in models:
+        torch.manual_seed(0)
+        net = make().eval()
+        with torch.no_grad():
+            x = torch.randn(shape)
+            net(x)
+            t_fwd = timeit(lambda: net(x), repeat=3)
+        try:
+            atrous.receptive_field(net, shape)
+        except Exception as e:  # noqa: BLE001 -- report refusals of the current analysis, keep timing the rest
+            print(f"{name:44} {t_fwd * 1e3:8.1f}ms {'-':>10} {'-':>14}  ({type(e).__name__}: {str(e)[:90]})")
+            continue
+        t_rf = timeit(lambda: atrous.receptive_field(net, shape), repeat=3)
+        print(f"{name:44} {t_fwd * 1e3:8.1f}ms {t_rf * 1e3:8.1f}ms {t_rf / t_fwd:13.2f}x")
+
+
 def main():
     torch.manual_seed(0)
     net = resnet50().eval()
@@ -100,6 +138,7 @@ def main():
           f"{t_nd * 1e3:8.1f} ms for the full {cov.extent[0]}x{cov.extent[1]} map")
     t_design = timeit(lambda: atrous.design_dilations(65, kernel=3), repeat=3)
     print(f"design_dilations(65, kernel=3)   {t_design * 1e3:8.1f} ms")
+    zoo_like()
 
 
 if __name__ == "__main__":

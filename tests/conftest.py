@@ -24,5 +24,6 @@ def _one_torch_thread():
         return
     n = torch.get_num_threads()
     torch.set_num_threads(1)
+    torch.manual_seed(0)            # reproducible weights for models built in a test
     yield
     torch.set_num_threads(n)

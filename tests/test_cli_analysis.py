@@ -21,7 +21,8 @@ def test_rf_table_and_json_match_library(capsys):
     rc, out, _ = run(capsys, "rf", "--layers", "k3d1,k3d2,k3d4")
     assert rc == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["layer", "type", "kernel", "stride", "dilation", "size", "jump", "start", "coverage"]
+    assert lines[0].split() == ["layer", "type", "kernel", "stride", "dilation", "size", "jump", "start", "local",
+                                "coverage"]
     assert lines[3].split()[5] == "15" and lines[3].split()[-1] == "15/15"
     rc, out, _ = run(capsys, "rf", "--layers", "k3x5d1x2,k2s2,k3d3", "--json")
     data = json.loads(out)
@@ -41,7 +42,8 @@ def test_rf_model_from_factory(tmp_path, capsys, monkeypatch):
     """))
     monkeypatch.chdir(tmp_path)
     rc, out, _ = run(capsys, "rf", "--model", "mynets:make", "--input-shape", "1,1,40")
-    assert rc == 0 and "last spatial node '3'" in out
+    assert rc == 0 and "position-dependent local field: '3', local size 10, jump 2" in out
+    assert "every output sees the whole input (global from '4')" in out
     rc, out, _ = run(capsys, "rf", "--model", "mynets:make", "--input-shape", "1,1,40", "--at", "3", "--json")
     assert json.loads(out)["receptive_field"]["size"] == [10]
     rc, _, err = run(capsys, "rf", "--model", "mynets:mkae", "--input-shape", "1,1,40")

@@ -285,6 +285,11 @@ def test_functional_pool_before_the_converted_stage_is_counted():
     (lambda x: F.interpolate(x, scale_factor=0.5), "F.interpolate"),
     (lambda x: x * x.mean((2, 3), keepdim=True), "Tensor.mean"),          # squeeze-excitation style
     (lambda x: F.conv2d(x, torch.ones(4, 1, 3, 3, dtype=x.dtype), padding=1, groups=4), "torch.conv2d"),
+    (lambda x: x[:, :, 1:, 1:], "Tensor.__getitem__"),                     # a shift by one position
+    (lambda x: F.pad(x, (1, 1, 1, 1))[..., 1:-1, 1:-1], "F.pad"),
+    (lambda x: x.roll(1, 2), "Tensor.roll"),
+    (lambda x: x * F.adaptive_avg_pool2d(x, 1), "F.adaptive_avg_pool2d"),
+    (lambda x: F.max_pool2d(x, 3, 1, 1), "F.max_pool2d"),                   # stride 1: same grid, mixed
 ])
 def test_functional_calls_in_the_converted_stage_are_refused_by_name(fn, name):
     class Net(nn.Module):
@@ -298,6 +303,113 @@ def test_functional_calls_in_the_converted_stage_are_refused_by_name(fn, name):
 
     with pytest.raises(ValueError, match=f"functional call {name} in the model's forward .Net. at input stride 16"):
         ann.convert_to_dilated(Net(), output_stride=8, input_size=64)
+
+
+class Mid(nn.Module):
+    """Four stride-2 convs, ``mid`` (a module or a function of the features), one stride-2 conv: at
+    output stride 8, ``mid`` runs on a grid 2x finer than before."""
+
+    def __init__(self, mid):
+        super().__init__()
+        self.a = nn.Sequential(*[nn.Conv2d(4 if i else 3, 4, 3, stride=2, padding=1) for i in range(4)])
+        self.mid = mid if isinstance(mid, nn.Module) else None
+        self.fn = None if isinstance(mid, nn.Module) else mid
+        self.b = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(self.mid(h) if self.mid is not None else self.fn(h))
+
+
+@pytest.mark.parametrize("mid,match", [
+    (nn.Upsample(scale_factor=2), r"layer 'mid' \(Upsample\) at input stride 16 sees a finer grid after conversion "
+     r"\(it takes the grid to stride 8\); only nn.Conv2d, nn.MaxPool2d and nn.AvgPool2d layers are converted"),
+    (nn.GroupNorm(2, 4), r"layer 'mid' \(GroupNorm\) at input stride 16 mixes positions of the grid the conversion "
+     "makes 2x finer"),
+    (nn.BatchNorm2d(4, track_running_stats=False), r"layer 'mid' \(BatchNorm2d\) at input stride 16 mixes"),
+    (nn.PixelUnshuffle(2), r"layer 'mid' \(PixelUnshuffle\) at input stride 16 sees a finer grid"),
+])
+def test_layers_that_move_positions_in_the_converted_stage_are_refused_by_name(mid, match):
+    """Modules the conversion does not rewrite are refused by name where their grid becomes finer
+    (a statistic over positions, a resampling); the same modules before that stage are fine."""
+    model = Mid(mid)
+    if isinstance(mid, nn.PixelUnshuffle):
+        model.b = nn.Conv2d(16, 4, 3, stride=2, padding=1)
+    with pytest.raises(ValueError, match=match) as e:
+        ann.convert_to_dilated(model, output_stride=8, input_size=64)
+    assert "\n" not in str(e.value)
+    same = ann.output_stride_of(model, 64)[0]
+    ann.convert_to_dilated(model, output_stride=same, input_size=64)     # nothing to change: accepted
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: F.conv2d(x, torch.linspace(-1, 1, 16, dtype=x.dtype).view(4, 4, 1, 1)),        # 1x1, stride 1
+    lambda x: F.layer_norm(x.permute(0, 2, 3, 1), (4,)).permute(0, 3, 1, 2),                  # channels-last
+    lambda x: x * torch.sigmoid(x.mean(1, keepdim=True)),                                      # over channels
+    lambda x: torch.cat([x[:, :2], x[:, 2:].flatten(2).view_as(x[:, 2:])], 1) + 0.5,          # relabels
+    lambda x: x + torch.linspace(0, 1, 4, dtype=x.dtype).view(1, 4, 1, 1),                    # per-channel bias
+    lambda x: torch.zeros_like(x) + x * torch.ones(x.shape, dtype=x.dtype) * torch.full_like(x, 2.0),  # uniform
+    lambda x: x.new_zeros(x.shape).add_(1) * x,
+    lambda x, m=torch.linspace(0, 1, 4, dtype=torch.float64).view(1, 4, 1, 1): x - m,   # a plain CPU tensor:
+])                                                                       # fails on meta, recorded on zeros
+def test_calls_that_keep_positions_convert_exactly(fn):
+    """Calls whose output field equals their input's (pointwise, relabels, mixing channels only)
+    commute with the finer grid: converted, and the subsampled output equals the original."""
+    torch.manual_seed(12)
+    model = Mid(fn).double()
+    conv = ann.convert_to_dilated(model, output_stride=8, input_size=64)
+    x = torch.randn(2, 3, 64, 57, dtype=torch.float64)
+    torch.testing.assert_close(conv(x)[..., ::4, ::4], model(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("fn,shape", [
+    (lambda x: x + torch.linspace(0, 1, x.shape[-1], dtype=x.dtype), r"\(4,\)"),        # built from the size
+    (lambda x, pe=torch.randn(1, 4, 4, 4): x + pe, r"\(1, 4, 4, 4\)"),                  # a positional embedding
+    (lambda x: torch.cat([x[:, :3], torch.linspace(0, 1, x.shape[-1], dtype=x.dtype).expand(
+        x.shape[0], 1, x.shape[2], -1)], 1), r"\(1, 1, 4, 4\)"),                          # CoordConv
+    (lambda x: torch.stack([x, torch.linspace(0, 1, 4, dtype=x.dtype).expand_as(x)], 2).sum(2), r"\(1, 4, 4, 4\)"),
+])
+def test_constants_laid_out_on_positions_are_refused(fn, shape):
+    with pytest.raises(ValueError, match=f"at input stride 16 joins a tensor of shape {shape} that does not depend "
+                                         "on the input but is laid out on its positions"):
+        ann.convert_to_dilated(Mid(fn), output_stride=8, input_size=64)
+
+
+def test_functional_stride_past_the_output_stride_is_refused_by_name():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s, self.c = nn.Conv2d(3, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, 1, 1)
+            self.d = nn.Conv2d(4, 4, 3, 2, 1)
+
+        def forward(self, x):
+            return self.d(F.max_pool2d(self.c(self.s(x)), 2))
+
+    assert ann.output_stride_of(Net(), 64) == (8, 8)
+    with pytest.raises(ValueError, match=r"functional call F.max_pool2d in the model's forward \(Net\) at input "
+                                         r"stride 2 would need its stride removed \(it takes the grid to stride 4\)"):
+        ann.convert_to_dilated(Net(), output_stride=2, input_size=64)
+
+
+def test_shift_before_the_converted_stage_converts_exactly():
+    """``x[:, :, 1:, 1:]`` at stride 2 shifts the grid, it does not change it: output stride 16, and
+    converting to 8 is exact (the shift stays before the stage the conversion changes)."""
+    torch.manual_seed(13)
+    model = FunctionalPool(lambda x: x[:, :, 1:, 1:]).double()
+    assert ann.output_stride_of(model, 64) == (16, 16)
+    conv = ann.convert_to_dilated(model, output_stride=8, input_size=64)
+    x = torch.randn(1, 3, 64, 61, dtype=torch.float64)
+    torch.testing.assert_close(conv(x)[..., ::2, ::2], model(x), rtol=1e-10, atol=1e-10)
+
+
+def test_pixel_unshuffle_counts_as_a_stride():
+    torch.manual_seed(14)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.PixelUnshuffle(2), nn.Conv2d(16, 4, 3, 2, 1),
+                          nn.Conv2d(4, 4, 3, 2, 1), nn.Conv2d(4, 4, 3, 1, 1)).double()
+    assert ann.output_stride_of(model, 64) == (16, 16)
+    conv = ann.convert_to_dilated(model, output_stride=4, input_size=64)
+    x = torch.randn(1, 3, 64, 48, dtype=torch.float64)
+    torch.testing.assert_close(conv(x)[..., ::4, ::4], model(x), rtol=1e-10, atol=1e-10)
 
 
 def test_output_stride_of_reads_the_layers_not_the_sizes():
@@ -365,8 +477,10 @@ BAD = [
     (lambda: ann.convert_to_dilated(FunctionalPool(lambda x: F.interpolate(x, size=(5, 7))), 8),
      ValueError, "output stride is not defined: F.interpolate in the model's forward .FunctionalPool. changes "
      "the grid to stride 256/5x256/7"),
-    (lambda: ann.convert_to_dilated(FunctionalPool(lambda x: x[:, :, 1:, 1:]), 8),
-     ValueError, "Tensor.__getitem__ in the model's forward .FunctionalPool. changes the grid by an unknown factor"),
+    (lambda: ann.convert_to_dilated(nn.Sequential(nn.Conv2d(3, 3, 3, stride=2), nn.AdaptiveAvgPool2d(1)), 1),
+     ValueError, r"output stride is not defined: layer '1' \(AdaptiveAvgPool2d\) removes the grid"),
+    (lambda: ann.convert_to_dilated(FunctionalPool(lambda x: torch.diff(x, dim=1, prepend=x[:, :1])), 8),
+     ValueError, "convert_to_dilated: cannot follow node 'diff' .*no rule for function 'diff'"),
     (lambda: ann.convert_to_dilated(resnet18(), 8, input_size=0), ValueError, "input_size must be"),
     (lambda: ann.convert_to_dilated(nn.Sequential(*[nn.Conv2d(3, 3, 3, stride=2) for _ in range(4)]), 8,
                                     input_size=8), ValueError,

@@ -68,3 +68,19 @@ def test_compare_training_and_evaluation_run_on_the_models_device(device):
     with torch.no_grad():
         pred = model.cpu()(torch.from_numpy(ds.x_test)).argmax(1).numpy()
     assert rec["metric"] == pytest.approx(float((pred == ds.y_test).mean()))
+
+
+@pytest.mark.parametrize("device", DEVICES + ["meta"])
+def test_analysis_follows_the_model(device):
+    """receptive_field/cost run shapes only (any device, meta included); the effective receptive field
+    runs the model where it is and returns a NumPy map (refused by name on meta: it needs weights)."""
+    import atrous
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, dilation=2), nn.ReLU(), nn.Conv2d(3, 1, 3)).to(device)
+    assert atrous.receptive_field(net, (1, 2, 16, 16)).size == (7, 7)
+    assert atrous.cost(net, (1, 2, 16, 16)).macs == 3 * 144 * 2 * 9 + 1 * 100 * 3 * 9
+    if device == "meta":
+        with pytest.raises(ValueError, match="meta device"):
+            atrous.effective_receptive_field(net, (1, 2, 16, 16), n_samples=2)
+        return
+    e = atrous.effective_receptive_field(net, (1, 2, 16, 16), n_samples=2)
+    assert isinstance(e.map, np.ndarray) and e.map.shape == (16, 16) and e.rf.size == (7, 7)

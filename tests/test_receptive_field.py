@@ -275,17 +275,21 @@ def test_tcn_residual_causal_misalignment_reported(block):
     check_interior(net, (1, 1, 40), rf)
 
 
-def test_branches_with_different_jumps_are_an_error():
-    class Bad(nn.Module):
+def test_branches_on_different_grids_are_given_position_by_position():
+    class TwoGrids(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv1d(1, 1, 2, stride=2)
 
         def forward(self, x):
-            return self.conv(x) + x[:, :, :8]
+            return self.conv(x) + x[:, :, :8]        # output i reads 2i, 2i+1 and i: no single jump
 
-    with pytest.raises(ValueError, match="different jumps"):
-        atrous.receptive_field(Bad(), (1, 1, 16))
+    net = _positive(TwoGrids())
+    rf = atrous.receptive_field(net, (1, 1, 16))
+    assert rf.period == (8,) and any("different grids" in n for n in rf.notes)
+    for i in range(8):
+        assert rf.span((i,)) == ((i, 2 * i + 1),)
+        assert bbox(grad_support(net, (1, 1, 16), (i,)))[0] == (i, 2 * i + 1)
 
 
 def test_3d_anisotropic_brute_force():
@@ -646,3 +650,22 @@ def test_model_is_not_modified_and_modes_restored():
     atrous.cost(net, (2, 3, 32, 32))
     assert net.training and not net[1].training
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_flip_and_diff_are_exact():
+    """flip reverses positions (the field is then given position by position), diff reads two
+    neighbours; both checked by brute force at border and interior outputs."""
+    import bruteforce as bf
+
+    class FlipDiff(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(2, 2, 3, padding=1)
+            self.d = nn.Conv2d(2, 2, (1, 3), stride=(1, 2))
+
+        def forward(self, x):
+            return self.d(torch.diff(self.c(x).flip(3), dim=2))
+
+    bf.assert_field_matches(FlipDiff(), (1, 2, 10, 12), [(0, 0), (4, 2), (8, 4), (3, 1)])
+    rf = atrous.receptive_field(FlipDiff(), (1, 2, 10, 12))
+    assert rf.span((0, 0)) == ((-1, 2), (8, 12)) and rf.jump[1] < 0      # the flipped axis runs backwards

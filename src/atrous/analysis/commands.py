@@ -196,7 +196,8 @@ def field_table(spec, input_shape=None) -> list[dict]:
         geo_ = _geometry(n, g)
         rows.append({"name": n.name, "type": _type_name(n), **geo_, "size": list(rf.size),
                      "jump": [float(j) if not isinstance(j, int) else j for j in rf.jump],
-                     "start": list(rf.start), "whole": list(rf.whole_input),
+                     "start": list(rf.start), "whole": list(rf.whole_input), "global_at": list(rf.global_at),
+                     "local": list(rf.local.size) if rf.local is not None else None,
                      "covered": list(c[0]) if c else None, "extent": list(c[1]) if c else None,
                      "notes": list(rf.notes)})
     return rows
@@ -247,29 +248,22 @@ def _rf(args) -> int:
     if args.json:
         print(json.dumps({"layers": rows, "receptive_field": rf.to_dict()}, indent=1))
         return 0
-    cols = ("layer", "type", "kernel", "stride", "dilation", "size", "jump", "start", "coverage")
+    cols = ("layer", "type", "kernel", "stride", "dilation", "size", "jump", "start", "local", "coverage")
     table = []
     for r in rows:
         covtxt = "-" if r["covered"] is None else f"{_fmt(r['covered'])}/{_fmt(r['extent'])}"
+        size = "x".join(f"{s}*" if w else str(s) for s, w in zip(r["size"], r["whole"]))
+        jump = "x".join("-" if w else _fmt(j) for j, w in zip(r["jump"], r["whole"]))
         table.append((r["name"], r["type"], _fmt(r["kernel"]), _fmt(r["stride"]), _fmt(r["dilation"]),
-                      _fmt(r["size"]), _fmt(r["jump"]), _fmt(r["start"]), covtxt))
+                      size, jump, _fmt(r["start"]), _fmt(r["local"]) if r["local"] != r["size"] else "=", covtxt))
     widths = [max(len(c), *(len(t[i]) for t in table)) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
     for t in table:
-        print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
-    print(f"receptive field at {rf.name!r}: size {_fmt(rf.size)}, jump {_fmt(rf.jump)}, "
-          f"start {_fmt(rf.start)}, padding {_fmt(rf.padding)}")
-    for ax, (P, ph) in enumerate(zip(rf.period, rf.phases)):
-        if P > 1:
-            txt = ", ".join(f"{i}: {'no input' if p is None else f'[{p[0]}, {p[1]}]'}" for i, p in enumerate(ph))
-            print(f"axis {ax}: output o = phase + m*{P} sees inputs (phase: span at m=0, "
-                  f"shifted by m*{rf.period_shift[ax]}) {txt}")
-    if rf.last_spatial is not None:
-        ls = rf.last_spatial
-        print(f"(space is collapsed there; the last spatial node {ls.name!r} has size {_fmt(ls.size)}, "
-              f"jump {_fmt(ls.jump)})")
-    for n in rf.notes:
-        print(f"note: {n}")
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)).rstrip())
+    if any(any(r["whole"]) for r in rows):
+        print("(* = the whole input along that axis; local = the field of the local paths alone, '=' when "
+              "the same, '-' when none)")
+    print(rf)
     return 0
 
 

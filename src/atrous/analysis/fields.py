@@ -31,7 +31,7 @@ from typing import Sequence
 
 from .. import geometry as geo
 
-__all__ = ["TapMap", "Periodic", "Const", "IDENTITY", "apply", "union", "hull", "equal", "conv_map",
+__all__ = ["TapMap", "Periodic", "Const", "IDENTITY", "apply", "union", "hull", "equal", "positionwise", "conv_map",
            "transpose_map", "mix_factor_map", "drop_factor_map", "index_to_coord", "FieldError"]
 
 
@@ -54,14 +54,21 @@ class TapMap:
 
 @dataclass(frozen=True)
 class Periodic:
-    """Output ``phi + m*P`` sees inputs ``[lo[phi] + m*J, hi[phi] + m*J]`` (``None``: sees nothing)."""
+    """Output ``phi + m*P`` sees inputs ``[lo[phi] + m*J, hi[phi] + m*J]`` (``None``: sees nothing).
+
+    With ``n`` the field is given position by position on the tensor's positions ``0 .. n-1`` only
+    (``P = n``; nothing beyond, not even the padding extension): where branches on different grids
+    meet (``align_corners`` resampling, odd scale factors) no single period describes it."""
 
     P: int = 1
     J: int = 1
     lo: tuple = (0,)
     hi: tuple = (0,)
+    n: int | None = None
 
     def at(self, q: int):
+        if self.n is not None and not 0 <= q < self.n:
+            return None
         m, phi = divmod(q, self.P)
         if self.lo[phi] is None:
             return None
@@ -75,7 +82,12 @@ class Periodic:
 
     @property
     def jump(self) -> Fraction:
-        return Fraction(self.J, self.P)
+        """Input distance between neighbouring outputs (on average, for a field given position by
+        position)."""
+        if self.n is None:
+            return Fraction(self.J, self.P)
+        c = [Fraction(s[0] + s[1], 2) for s in (self.at(q) for q in range(self.n)) if s is not None]
+        return (c[-1] - c[0]) / (len(c) - 1) if len(c) > 1 else Fraction(0)
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,15 @@ def apply(f, t: TapMap | None):
     """The field after an op with tap map ``t`` whose input has field ``f``."""
     if t is None or f is None or isinstance(f, Const):
         return f
+    if f.n is not None:                    # given position by position: so is the result
+        low = min(min(ts) for ts in t.taps if ts) if any(t.taps) else 0
+        count = t.a * max(0, (f.n - 1 - low) // t.b + 1)
+        spans = []
+        for o in range(count):
+            m, phi = divmod(o, t.a)
+            got = [s for s in (f.at(q + m * t.b) for q in t.taps[phi]) if s is not None]
+            spans.append((min(s[0] for s in got), max(s[1] for s in got)) if got else None)
+        return positionwise(spans)
     n = f.P // math.gcd(f.P, t.b)          # outputs advance a*n -> inputs advance n*b, a multiple of P
     P2, J2 = t.a * n, f.J * (n * t.b // f.P)
     lo, hi = [], []
@@ -116,6 +137,13 @@ def apply(f, t: TapMap | None):
         lo.append(min(s[0] for s in spans) if spans else None)
         hi.append(max(s[1] for s in spans) if spans else None)
     return _reduce(Periodic(P2, J2, tuple(lo), tuple(hi)))
+
+
+def positionwise(spans: list):
+    """A field given position by position (``Periodic`` with ``n``) from its spans."""
+    if not spans:
+        return None
+    return Periodic(len(spans), 0, tuple(s and s[0] for s in spans), tuple(s and s[1] for s in spans), len(spans))
 
 
 def hull(f, n: int | None):
@@ -131,10 +159,12 @@ def hull(f, n: int | None):
     return Const(min(s[0] for s in spans), max(s[1] for s in spans))
 
 
-def union(fs: Sequence, where: str = "", whole: tuple | None = None):
+def union(fs: Sequence, where: str = "", whole: tuple | None = None, n: int | None = None):
     """Union of fields of one axis (extent semantics: the hull of the union).
 
     ``whole``: ``(lo, hi)`` of the input; a :class:`Const` covering it absorbs any other field.
+    ``n``: the number of positions; with it, fields on different grids give a field position by
+    position (:class:`Periodic` with ``n``) instead of an error.
     Raises :class:`FieldError` when the union is not representable (different jumps; a position
     dependent field joined with a constant one that does not cover the input).
     """
@@ -155,6 +185,12 @@ def union(fs: Sequence, where: str = "", whole: tuple | None = None):
     if len(per) == 1:
         return per[0]
     jumps = {f.jump for f in per}
+    if n is not None and (len(jumps) > 1 or any(f.n is not None for f in per)):
+        spans = []                           # branches on different grids: position by position
+        for q in range(n):
+            got = [s for s in (f.at(q) for f in per) if s is not None]
+            spans.append((min(s[0] for s in got), max(s[1] for s in got)) if got else None)
+        return positionwise(spans)
     if len(jumps) > 1:
         shown = ", ".join(str(j) for j in sorted(jumps))
         raise FieldError(f"branches meeting at {where!r} have different jumps ({shown}): their outputs "
@@ -170,6 +206,8 @@ def union(fs: Sequence, where: str = "", whole: tuple | None = None):
 
 def equal(f, g) -> bool:
     """The same field (whatever the period it is written with)."""
+    if isinstance(f, Periodic) and isinstance(g, Periodic) and (f.n is not None or g.n is not None):
+        return f.n == g.n and all(f.at(q) == g.at(q) for q in range(f.n))
     if isinstance(f, Periodic) and isinstance(g, Periodic):
         P = math.lcm(f.P, g.P)
         a, b = f.expand(P), g.expand(P)

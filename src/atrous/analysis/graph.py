@@ -18,7 +18,6 @@ without a rule is an error naming the node, the op and the input shapes.
 from __future__ import annotations
 
 import difflib
-import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -645,7 +644,3 @@ def describe(n: Node, g: Graph) -> str:
     mod = f" of {type(n.module).__name__}" if n.module is not None and n.kind == "call" else ""
     shown = ", ".join(str(s) for s in shapes)
     return f"{n.op}{mod}{where} on {shown or 'no tensors'}"
-
-
-def spatial_sizes_ok(sizes) -> bool:
-    return all(s is None or s >= 1 for s in sizes) and math.prod(s or 1 for s in sizes) >= 1

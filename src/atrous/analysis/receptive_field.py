@@ -202,16 +202,28 @@ class ReceptiveField:
                  f"start {fmt(self.start)}, padding {fmt(self.padding)}"]
         for ax, (w, g) in enumerate(zip(self.whole_input, self.global_at)):
             if w:
-                lines.append(f"  axis {ax}: the whole input (global at {g!r})")
+                lines.append(f"  axis {ax}: every output sees the whole input (global from {g!r})")
+            elif g:
+                lines.append(f"  axis {ax}: {g!r} mixes positions across the axis")
         for ax, P in enumerate(self.period):
-            if P > 1:
-                txt = ", ".join("no input" if p is None else f"[{p[0]}, {p[1]}]" for p in self.phases[ax])
+            if P > 1 and P <= 16:
+                txt = ", ".join(f"{i}: " + ("no input" if p is None else f"[{p[0]}, {p[1]}]")
+                                for i, p in enumerate(self.phases[ax]))
                 lines.append(f"  axis {ax}: output phase + m*{P} sees (shifted by m*{self.period_shift[ax]}) {txt}")
-        if self.local is not None and self.local.size != self.size:
-            lines.append(f"  local paths alone: size {fmt(self.local.size)}, jump {fmt(self.local.jump)}")
-        if self.last_spatial is not None:
-            ls = self.last_spatial
-            lines.append(f"  last position-dependent node {ls.name!r}: size {fmt(ls.size)}, jump {fmt(ls.jump)}")
+            elif P > 16:
+                lines.append(f"  axis {ax}: the field repeats every {P} outputs (see .phases)")
+        if any(self.global_at):
+            if self.local is None:
+                lines.append("  local paths alone: none reach here (only through the global ops)")
+            elif self.local.size != self.size:
+                lo = self.local
+                lines.append(f"  local paths alone (statistics, gates and global mixing ignored): size {fmt(lo.size)}, "
+                             f"jump {fmt(lo.jump)}, start {fmt(lo.start)}")
+        ls = self.last_spatial
+        if ls is not None and ls.name != self.name:
+            lo = ls.local or ls
+            lines.append(f"  last node with a position-dependent local field: {ls.name!r}, local size {fmt(lo.size)}, "
+                         f"jump {fmt(lo.jump)}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -229,7 +241,7 @@ def _axis_result(f, whole, n, count=None, glob=False):
         spans = [None if lo is None else (lo, hi) for lo, hi in zip(f.lo, f.hi)]
         sizes = [s[1] - s[0] + 1 for s in spans if s is not None]
         s0 = spans[0]
-        return (max(sizes) if sizes else 0, _num(Fraction(f.J, f.P)),
+        return (max(sizes) if sizes else 0, _num(f.jump),
                 None if s0 is None else _num(Fraction(s0[0] + s0[1], 2)), None if s0 is None else -s0[0],
                 f.P, f.J, tuple(spans), tuple(i for i, s in enumerate(spans) if s is None),
                 bool(glob) and _covers(f, whole, count))

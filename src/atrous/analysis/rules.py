@@ -383,26 +383,11 @@ def _reduce(c: Call):
     second = c.arg(1, "dim" if op not in ("norm",) else "p")
     if op in ("max", "min") and isinstance(second, Ref):            # torch.max(a, b): elementwise
         return _pointwise(c)
-    if op == "norm":
-        dim = c.arg(2, "dim")
-        keep = bool(c.arg(3, "keepdim", False))
-    elif op == "kthvalue":
-        dim = c.arg(2, "dim", -1)
-        keep = bool(c.arg(3, "keepdim", False))
-    else:
-        dim = c.arg(1, "dim")
-        keep = c.arg(2, "keepdim", None)
-        if op in ("std", "var", "std_mean", "var_mean") and isinstance(keep, bool) is False and keep is not None:
-            keep = c.node.kwargs.get("keepdim", False)
-        keep = bool(c.node.kwargs.get("keepdim", keep or False))
-        if isinstance(dim, bool):                         # std(x, unbiased)
-            dim = None
-    if dim is None and op in ("argmax", "argmin") and not keep:
-        dims = list(range(x.rank))
-    else:
-        dims = _dim_list(dim, x.rank)
-    out_rank = len(c.out_shape())
-    keep = keep or (out_rank == x.rank and x.rank > 0)
+    dim = c.arg(2, "dim", -1 if op == "kthvalue" else None) if op in ("norm", "kthvalue") else c.arg(1, "dim")
+    if isinstance(dim, bool):                             # std(x, unbiased)
+        dim = None
+    dims = _dim_list(dim, x.rank)
+    keep = len(c.out_shape()) == x.rank and x.rank > 0   # keepdim, read off the output
     v = V.mix(x, dims, "pool", c.name, remove=True, keepdim=keep)
     return [v] * max(1, c.nouts)
 
@@ -707,14 +692,30 @@ def _shuffle(c: Call):
     return V.reshape(v, lead + [ch * r * r, h // r, w // r])
 
 
-@rule("flip", "fliplr", "flipud", "rot90")
+@rule("flip", "fliplr", "flipud")
 def _flip(c: Call):
     x = c.val(0)
-    dims = _dim_list(c.arg(1, "dims"), x.rank) if c.node.op in ("flip", "rot90") else (
+    dims = _dim_list(c.arg(1, "dims"), x.rank) if c.node.op == "flip" else (
         [x.rank - 1] if c.node.op == "fliplr" else [0])
-    if any(f.kind in ("s", "x") and f.size != 1 for d in dims for f in x.dims[d]):
-        raise Unsupported(f"{c.node.op} reverses positions (not a periodic field)")
-    return x
+    v = x
+    for d in dims:
+        v = V.reverse(v, d, c.name)
+    return v
+
+
+@rule("diff")
+def _diff(c: Call):
+    x = c.val(0)
+    n, dim = c.arg(1, "n", 1), c.arg(2, "dim", -1) % x.rank
+    if any(c.arg(i, k) is not None for i, k in ((3, "prepend"), (4, "append"))) and any(
+            f.kind in ("s", "x") and f.size != 1 for f in x.dims[dim]):
+        raise Unsupported("diff with prepend/append along positions")
+    v = x
+    for _ in range(n):                          # output i = x[i + 1] - x[i]
+        v = V.taps(v, dim, fl.TapMap(1, 1, ((0, 1),)), v.shape[dim] - 1 if v.shape[dim] else 0, "diff",
+                   node=c.name) if any(f.kind == "s" for f in v.dims[dim]) else v
+    return V.union([v] + [u for u in c.tensor_values()[1:] if u.dependent], c.out_shape(), c.name) \
+        if tuple(v.shape) != c.out_shape() or len(c.tensor_values()) > 1 else v
 
 
 @rule("roll")
@@ -975,7 +976,6 @@ def _interpolate(c: Call):
     out = c.out_shape()
     sf = c.arg(2, "scale_factor", None)
     recompute = c.arg(5, "recompute_scale_factor", None)
-    nsp = x.rank - 2
     v = x
     for i, dim in enumerate(range(2, x.rank)):
         n, m = x.shape[dim], out[dim]
@@ -995,7 +995,6 @@ def _interpolate(c: Call):
             f = sf[i] if isinstance(sf, (list, tuple)) else sf
             scale = 1 / Fraction(f).limit_denominator(10 ** 6)
         v = V.taps(v, dim, _resample_map(n, m, mode, scale, align and mode != "nearest"), m, op, node=c.name)
-    del nsp
     if mode in ("linear", "bilinear", "trilinear", "bicubic"):
         v = v.add_note(f"{c.name}: {mode} resampling clamps at the border (fields of border outputs are "
                        "clipped there)")
@@ -1214,10 +1213,8 @@ def _mha(c: Call):
 
 
 def _rnn_macs(c: Call) -> int:
-    op = c.node.op
-    gates = {"gru": 3, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}.get(op, 1)
     x = c.shape(c.arg(0, "input"))
-    params = c.arg(2) if op == "lstm" else c.arg(2)
+    params = c.arg(2)
     if not isinstance(params, (list, tuple)):
         return 0
     total = 0
@@ -1226,7 +1223,6 @@ def _rnn_macs(c: Call) -> int:
         s = c.shape(p)
         if s is not None and len(s) == 2:        # weight_ih (gates*H, I) or weight_hh (gates*H, H)
             total += steps * s[0] * s[1]
-    del gates
     return total
 
 

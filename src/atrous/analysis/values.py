@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import NamedTuple, Sequence
 
 from . import fields as fl
@@ -104,6 +105,8 @@ class Value:
     chan_mixed: str | None = None   # node that joined channels with different fields
     last_spatial: tuple | None = None   # (name, Value) of the last node with position-dependent fields
     llossy: str | None = None   # the same for the local field (the local paths have not mixed them)
+    pieces: tuple | None = None  # (dim, ((start, stop, Value), ...), full, local): what a positional cat
+                                 # joined, valid while the fields and that dim's label are unchanged
 
     # ----------------------------------------------------------------- construction
     @staticmethod
@@ -223,12 +226,6 @@ def _finish(v: Value) -> Value:
                     s = arr[k].at(0)
                     arr[k] = None if s is None else Const(*s)
     return replace(v, full=tuple(full), local=tuple(local))
-
-
-def all_whole(v: Value) -> bool:
-    """Every element depends on the whole input (then merged positions no longer matter)."""
-    return all(_is_whole(v, k, v.full[k]) and (v.local[k] is None or _is_whole(v, k, v.local[k]))
-               for k in range(v.ndim))
 
 
 def _is_whole(v: Value, k: int, f) -> bool:
@@ -583,6 +580,7 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
     tmp = Value(tuple(shape), tuple(tuple(d) for d in dims), base[0].full, base[0].local, base[0].whole)
     nd = base[0].ndim
     full, local, where = [], [], []
+    grid_notes: list = []
     for k in range(nd):
         out_has = bool(tmp.factors(k))
         fk, lk, wk = [], [], []
@@ -613,22 +611,28 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
             fk.append(f)
             lk.append(lf)
             wk.append(v.where[k])
-        full.append(_union_or_merge(fk, node, base[0].whole[k], [v.lossy for v in dep], dep, k))
-        local.append(_union_or_merge(lk, node, base[0].whole[k], [v.llossy for v in dep], dep, k))
+        n_k = tmp.extent(k) if out_has else None
+        full.append(_union_or_merge(fk, node, base[0].whole[k], [v.lossy for v in dep], dep, k, n_k))
+        local.append(_union_or_merge(lk, node, base[0].whole[k], [v.llossy for v in dep], dep, k, n_k))
         where.append(next((w for w in wk if w), None))
-    notes = []
+        if _became_positionwise(full[-1], fk):
+            grid_notes.append(f"{node}: branches on different grids meet on spatial axis {k} (jumps "
+                              f"{', '.join(str(f.jump) for f in fk if isinstance(f, Periodic))}); the field is given "
+                              "position by position there, without the extension into padding")
+    notes = list(grid_notes)
     for v in dep:
         notes += [n for n in v.notes if n not in notes]
-    exprs = [v.expr for v in dep if v.expr is not None]
+    exprs = list({id(v.expr): v.expr for v in dep if v.expr is not None}.values())
     expr = exprs[0] if len(exprs) == 1 else (EUnion(tuple(exprs), node) if exprs else None)
-    c = [fl.centres([v.full[k]]) for v in dep for k in range(nd)]
-    del c
     lossy = next((v.lossy for v in dep if v.lossy), None)
     llossy = next((v.llossy for v in dep if v.llossy), None)
     chan = next((v.chan_mixed for v in dep if v.chan_mixed), None)
     last = next((v.last_spatial for v in dep if v.last_spatial is not None), None)
     out = Value(tuple(shape), tuple(tuple(d) for d in dims), tuple(full), tuple(local), base[0].whole,
                 tuple(where), expr, tuple(notes), lossy, chan, last, llossy)
+    pcs = {id(v.pieces): v.pieces for v in dep if v.pieces is not None and v.rank == len(shape)}
+    if len(pcs) == 1:
+        out = replace(out, pieces=next(iter(pcs.values())))
     return _finish(out)
 
 
@@ -653,7 +657,6 @@ def _coarse(mine: set, theirs: set) -> int | None:
     positions below (a per-block tensor broadcast over the positions inside each block)."""
     if not mine:
         return None
-    top_m = min(m for _, _, m in theirs) if theirs else 1
     for w, s, m in mine:
         for w2, s2, m2 in theirs:
             if w2 == w and s2 == s and m2 % m == 0 and m2 > m:
@@ -663,8 +666,28 @@ def _coarse(mine: set, theirs: set) -> int | None:
                 if scaled <= theirs and all(c < M for _, _, c in rest) and \
                         math.prod(b for _, b, _ in rest) == M:
                     return M
-    del top_m
     return None
+
+
+def _regrid(mine: set, theirs: set, mixed: set):
+    """A tap map reading an operand on another grid of the same blocks: ``mine`` and ``theirs``
+    share their outer factors (same letters and sizes) with multipliers in one ratio; the operand's
+    finer factors are all mixed (its field does not depend on them) and the output's finer ones lie
+    below the shared ones. Position ``c`` of the output reads ``(c // m_out) * m_mine``."""
+    shared = [(w, s, m, m2) for (w, s, m) in mine for (w2, s2, m2) in theirs if w2 == w and s2 == s]
+    if not shared or len(shared) != len(mine):
+        return None
+    ratios = {Fraction(m2, m) for _, _, m, m2 in shared}
+    if len(ratios) != 1:
+        return None
+    m_op = min(m for _, _, m, _ in shared)
+    m_out = min(m2 for _, _, _, m2 in shared)
+    rest = theirs - {(w, s, m2) for w, s, _, m2 in shared}
+    if any(m >= m_out for _, _, m in rest) or math.prod(s for _, s, _ in rest) != m_out:
+        return None
+    if math.prod(s for s, m in mixed if m < m_op) != m_op:
+        return None                          # the operand's finer positions are not all mixed
+    return TapMap(m_out, m_op, ((0,),) * m_out)
 
 
 def _upsample(f, M: int):
@@ -672,11 +695,16 @@ def _upsample(f, M: int):
     return fl.apply(f, TapMap(M, 1, ((0,),) * M))
 
 
-def _union_or_merge(fs: list, node: str, whole, lossy: list, vals: list, k: int):
-    """The union of one axis's fields; when an operand is already an upper bound (``lossy``) and
-    the exact union is not representable, the union of their hulls (still an upper bound)."""
+def _became_positionwise(f, fs) -> bool:
+    return isinstance(f, Periodic) and f.n is not None and not any(isinstance(g, Periodic) and g.n for g in fs)
+
+
+def _union_or_merge(fs: list, node: str, whole, lossy: list, vals: list, k: int, n: int | None = None):
+    """The union of one axis's fields (``n`` positions); when an operand is already an upper bound
+    (``lossy``) and the exact union is not representable, the union of their hulls (still an upper
+    bound)."""
     try:
-        return fl.union(fs, node, whole)
+        return fl.union(fs, node, whole, n)
     except FieldError as e:
         if not any(lossy):
             raise Unsupported(str(e)) from None
@@ -747,6 +775,23 @@ def position_fields(v: Value) -> tuple:
     return tuple(full), tuple(local), tuple(count)
 
 
+def reverse(v: Value, dim: int, node: str = "") -> Value:
+    """``flip`` along ``dim``: position ``i`` reads ``n - 1 - i``, exactly, position by position."""
+    fs = [f for f in v.dims[dim] if f.size != 1]
+    if not any(f.kind in ("s", "x") for f in fs):
+        return v
+    if len(fs) != 1 or fs[0].kind != "s" or len(v.factors(fs[0].axis)) != 1:
+        return merge_positions(v, [dim], node or "flip")
+    k, n = fs[0].axis, fs[0].size
+    full, local = list(v.full), list(v.local)
+    for arr in (full, local):
+        f = arr[k]
+        if isinstance(f, Periodic):
+            arr[k] = fl.positionwise([f.at(n - 1 - q) for q in range(n)])
+    return replace(v, full=tuple(full), local=tuple(local),
+                   expr=EOpaque(f"{node or 'flip'} reverses positions") if v.expr is not None else None)
+
+
 def cyclic_shift(v: Value, dim: int, s: int, node: str = "") -> Value:
     """``torch.roll`` by ``s`` along ``dim``: position ``i`` reads ``(i - s) mod n``, exactly (the
     field gets the period of the rolled positions: outputs near the border read the other side)."""
@@ -777,6 +822,12 @@ def cat(vals: Sequence[Value], dim: int, shape: tuple, node: str) -> Value:
     if not dep:
         return Value.constant(shape, vals[0].whole)
     positional = any(f.kind in ("s", "x") for v in dep for f in v.dims[dim])
+    parts, start = [], 0
+    for v in vals:                                      # each input, exactly, for a later slice of it
+        n = v.shape[dim] if v.rank > dim else 0
+        if n:
+            parts.append((start, start + n, v))
+        start += n
     fixed = []
     for v in dep:
         if positional:
@@ -806,9 +857,38 @@ def cat(vals: Sequence[Value], dim: int, shape: tuple, node: str) -> Value:
     out = out.with_(dims=tuple(d))
     if positional:
         out = out.with_(lossy=out.lossy or node, llossy=out.llossy or node)
+        out = out.with_(pieces=(dim, tuple(parts), out.full, out.local, out.dims[dim], out.expr, out.where))
     elif len({(v.full, v.local) for v in dep}) > 1 or len(dep) < len(vals):
         out = out.with_(chan_mixed=out.chan_mixed or node)
     return out
+
+
+def _piece(v: Value, dim: int, start: int, stop: int, step: int) -> Value | None:
+    """The input of a positional concatenation that ``v[start:stop]`` along ``dim`` takes back,
+    exactly, if nothing changed the fields since (e.g. the patch tokens after a class token was
+    joined and only pointwise or per-token ops ran)."""
+    if v.pieces is None or step != 1:
+        return None
+    pdim, parts, full, local, label, expr, where = v.pieces
+    if pdim != dim or v.dims[dim] != label:
+        return None
+    same_full = v.full == full and v.expr is expr and v.where == where      # nothing touched the fields
+    same_local = v.local == local
+    if not (same_full or not v.lossy) or not (same_local or not v.llossy):
+        return None
+    for a, b, p in parts:
+        if (a, b) == (start, stop) and p.rank == v.rank:
+            dims = v.dims[:dim] + (p.dims[dim],) + v.dims[dim + 1:]
+            shape = v.shape[:dim] + (b - a,) + v.shape[dim + 1:]
+            if same_full:        # this part's own fields, exactly
+                f, w, e, lossy = p.full, p.where, p.expr, p.lossy
+            else:                # a global op made every element's field exact and the same
+                f, w, e, lossy = v.full, v.where, EOpaque(f"{v.lossy or 'a global op'} mixed positions"), None
+            lf, llossy = (p.local, p.llossy) if same_local else (v.local, None)
+            out = replace(p, dims=dims, shape=shape, notes=v.notes, pieces=None, full=f, where=w, expr=e,
+                          lossy=lossy, local=lf, llossy=llossy)
+            return _finish(out) if out.dependent else Value.constant(shape, v.whole)
+    return None
 
 
 def select_range(v: Value, dim: int, start: int, stop: int, step: int, node: str, keep: bool = True,
@@ -822,6 +902,9 @@ def select_range(v: Value, dim: int, start: int, stop: int, step: int, node: str
     shape = list(v.shape)
     if (start, stop, step) == (0, n, 1) and keep:
         return v
+    piece = _piece(v, dim, start, stop, step) if keep else None
+    if piece is not None:
+        return piece
     if size == 0:
         shape[dim] = 0
         return Value.constant(tuple(shape) if keep else tuple(shape[:dim] + shape[dim + 1:]), v.whole)
@@ -957,13 +1040,11 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
         pos = [fs for fs in cands if positional(fs)]
         if any(f.kind == "x" for fs in pos for f in fs):                  # merged positions win
             pos = [(Factor("x", size[c]),)]
-        pos.sort(key=lambda fs: -sum(f.mult for f in positional(fs)))     # the finest grid first
         for p in pos[1:]:
             a, b = positional(p), positional(pos[0])
-            scales = {(g.mult // f.mult if f.mult and g.mult % f.mult == 0 else 0)
-                      for f, g in zip(a, b)} if len(a) == len(b) and all(
-                          (f.kind, f.axis, f.size) == (g.kind, g.axis, g.size) for f, g in zip(a, b)) else {0}
-            if a != b and (len(scales) != 1 or 0 in scales):
+            scales = {Fraction(g.mult, f.mult) for f, g in zip(a, b)} if len(a) == len(b) and all(
+                (f.kind, f.axis, f.size) == (g.kind, g.axis, g.size) for f, g in zip(a, b)) else {0, 1}
+            if a != b and len(scales) != 1:
                 raise Unsupported(f"einsum {spec!r}: operands hold different positions in {c!r}")
         lab[c] = pos[0] if pos else (cands[0] if cands else (O(size[c]),))
         if not pos and cands:
@@ -1018,6 +1099,10 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
             if M:                                  # a per-block operand (keys of overlapping windows)
                 fk[k], lk[k] = _upsample(fk[k], M), _upsample(lk[k], M)
                 continue
+            t = _regrid(mine, theirs, mixed)
+            if t is not None:                      # keys on a finer grid of the same blocks (pooled queries)
+                fk[k], lk[k] = fl.apply(fk[k], t), fl.apply(lk[k], t)
+                continue
             if not mine and not v.factors(k):
                 continue
             if not mine:
@@ -1037,8 +1122,10 @@ def einsum(spec: str, vals: Sequence[Value], shape: tuple, node: str) -> Value:
     w0 = ops[0][0].whole
     opv = [op[0] for op in ops]
     for k in range(nd):
-        full.append(_union_or_merge([f[k] for f in fulls], node, w0[k], [v.lossy for v in opv], opv, k))
-        local.append(_union_or_merge([f[k] for f in locs], node, w0[k], [v.llossy for v in opv], opv, k))
+        sizes_k = [f.size for c in out if c not in dup for f in lab[c] if f.kind == "s" and f.axis == k]
+        n_k = math.prod(sizes_k) if sizes_k else None
+        full.append(_union_or_merge([f[k] for f in fulls], node, w0[k], [v.lossy for v in opv], opv, k, n_k))
+        local.append(_union_or_merge([f[k] for f in locs], node, w0[k], [v.llossy for v in opv], opv, k, n_k))
         where.append(next((w[k] for w in wheres if w[k]), None))
     dims = tuple(((O(size[c]),) if c in dup else tuple(lab[c])) for c in out)
     expr = exprs[0] if len(exprs) == 1 else (EUnion(tuple(exprs), node) if exprs else None)

@@ -14,43 +14,42 @@ Converted: ``nn.Conv2d`` and its subclasses (:class:`atrous.nn.Conv2d` included)
 :class:`atrous.nn.Conv2d` with the same weights); ``nn.MaxPool2d`` through its ``dilation``;
 ``nn.AvgPool2d`` becomes :class:`atrous.nn.AvgPool2d` (average pooling with dilation).
 
-The strides are read from the layers themselves, along one forward pass on zeros: a
-``TorchFunctionMode`` follows every tensor from the input and multiplies its stride by the stride
-of each layer or functional call it goes through. Functional calls (``F.max_pool2d(x, 2)``,
-``F.conv2d(..., stride=2)``, ``F.interpolate``, spatial reductions, ...) cannot be rewritten: where
-the conversion would have to change one, it is refused by name.
+The strides are read from the analysis (:mod:`atrous.analysis`): the model is recorded once on
+meta tensors, one node per call, and the op-rule registry gives each tensor's receptive field, whose
+``jump`` per axis is the stride so far. A call the conversion does not rewrite -- a functional
+``F.max_pool2d(x, 2)``, ``F.conv2d(..., stride=2)``, ``F.interpolate``, a pad, a spatial mean, a
+reshape across positions, an ``nn.Upsample`` -- moves positions when its output's field differs
+from its inputs'; where the conversion would have to change such a call (its input grid becomes
+finer, or it takes the stride past ``output_stride``), it is refused by name. An op the registry
+has no rule for is refused too: whether it moves positions is unknown.
 """
 
 from __future__ import annotations
 
 import copy
 import fractions
+import math
 import numbers
-import weakref
-from typing import Any, Dict, List, Optional, Tuple, Union
+import re
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
 
 from .. import geometry
+from ..analysis import fields as fl
+from ..analysis import graph as G
+from ..analysis import rules
+from ..analysis import values as V
+from ..analysis.fields import Periodic
+from ..analysis.receptive_field import record_graph
 from .conv import Conv2d, _ConvNd
 from .pool import AvgPool2d
 
 __all__ = ["convert_to_dilated", "output_stride_of"]
 
 Frac = fractions.Fraction
-_Stride = Optional[Tuple[Frac, Frac]]          # per-axis cumulative stride of a tensor (None: unknown)
-
-# functional calls with a stride argument: name -> (position of stride, position of kernel_size)
-_STRIDED_CALLS = {"conv2d": (3, None), "max_pool2d": (2, 1), "avg_pool2d": (2, 1), "lp_pool2d": (3, 2),
-                  "max_pool2d_with_indices": (2, 1)}
-# functional calls that mix neighbouring positions without changing the grid (a different function
-# once the grid is finer); matched by name
-_SPATIAL_WORDS = ("conv", "pool", "pad", "interpolate", "upsample", "grid_sample", "fold", "shuffle",
-                  "group_norm", "instance_norm", "layer_norm", "local_response_norm", "roll", "flip",
-                  "rot90", "cum", "softmax", "sort", "topk")
+_Grid = Tuple[Optional[Frac], ...]       # per-axis jump (input samples between neighbours; None: no grid)
 
 
 def _handled(m: nn.Module) -> bool:
@@ -63,176 +62,173 @@ def _layer_stride(m: nn.Module) -> Tuple[int, int]:
     return geometry.normalize_tuple(tuple(s) if isinstance(s, (list, tuple)) else s, 2, "stride")
 
 
-def _call_name(func) -> str:
-    mod = getattr(func, "__module__", None) or ""
-    prefix = "F." if mod.startswith(("torch.nn.functional", "torch._C._nn")) else "torch." if mod.startswith(
-        "torch") else "Tensor."
-    return prefix + getattr(func, "__name__", repr(func))
-
-
 def _show(r) -> str:
-    return "unknown" if r is None else "x".join(str(v) for v in r) if r[0] != r[1] else str(r[0])
+    r = ["unknown" if v is None else str(v) for v in r] if r is not None else ["unknown"]
+    return r[0] if len(set(r)) == 1 else "x".join(r)
 
 
-class _Scan(TorchFunctionMode):
-    """One forward pass: the cumulative stride of every tensor, the conv/pool layers in call order
-    with the stride of their input, and the functional calls made outside those layers."""
+def _integral(r) -> bool:
+    return r is not None and all(v is not None and v.denominator == 1 for v in r)
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.names = {m: n for n, m in model.named_modules()}
-        self.strides: Dict[int, Tuple[Any, _Stride]] = {}    # id(tensor) -> (weakref, stride)
-        self.layers: List[Tuple[str, nn.Module, _Stride, Tuple[int, int]]] = []   # name, m, r, in_hw
-        self.calls: List[dict] = []                          # functional calls outside conv/pool layers
-        self.reused: List[str] = []
-        self.stack: List[nn.Module] = []
-        self.inside = 0                                      # depth inside conv/pool layers
-        self.out: _Stride = None                             # stride of the model's output
-        self.handles = []
-        for m in model.modules():
-            self.handles.append(m.register_forward_pre_hook(self._pre))
-            self.handles.append(m.register_forward_hook(self._post))
 
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+class _Trace:
+    """The model recorded once on meta tensors (:mod:`atrous.analysis.graph`) and the values of
+    what its output and its conv/pool layers depend on: the jump of every tensor (its cumulative
+    stride) comes from the analysis's fields, so the op-rule registry is the only op table."""
 
-    def tag(self, t, r: _Stride) -> None:
-        if isinstance(t, torch.Tensor):
-            self.strides[id(t)] = (weakref.ref(t), r)
-
-    def stride_of(self, t) -> Tuple[bool, _Stride]:
-        """(known tensor?, its stride)."""
-        entry = self.strides.get(id(t)) if isinstance(t, torch.Tensor) else None
-        if entry is None or entry[0]() is not t:
-            return False, None
-        return True, entry[1]
-
-    def where(self) -> str:
-        for m in reversed(self.stack):
-            if not _handled(m):
-                name = self.names.get(m, "?")
-                return f"the forward of {name!r} ({type(m).__name__})" if name else \
-                    f"the model's forward ({type(m).__name__})"
-        return "the model's forward"
-
-    def _pre(self, m, args):
-        self.stack.append(m)
-        if not _handled(m):
-            return
-        if self.inside == 0:
-            x = args[0] if args else None
-            _, r = self.stride_of(x)
-            if any(mm is m for _, mm, _, _ in self.layers):
-                self.reused.append(self.names[m])
-            hw = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) else (0, 0)
-            self.layers.append((self.names[m], m, r, hw))
-        self.inside += 1
-
-    def _post(self, m, args, out):
-        self.stack.pop()
-        if not _handled(m):
-            return
-        self.inside -= 1
-        if self.inside == 0:
-            r = next(lr for n, mm, lr, _ in reversed(self.layers) if mm is m)
-            s = _layer_stride(m)
-            self.tag(out if not isinstance(out, tuple) else out[0],
-                     None if r is None else (r[0] * s[0], r[1] * s[1]))
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self.inside:
-            return out
-        ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        src, r = None, None
-        for t in ins:
-            known, tr = self.stride_of(t)
-            if known:
-                src, r = t, tr
-                break
-        if src is None:
-            return out
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        name = getattr(func, "__name__", "")
-        call = {"name": _call_name(func), "where": self.where(), "r": r, "stride": None, "kind": None}
-        r_out: _Stride = r
-        if r is not None and name in _STRIDED_CALLS and src.dim() == 4:
-            s = self._parse_stride(name, args, kwargs)
-            call.update(kind="strided", stride=s)
-            r_out = None if s is None else (r[0] * s[0], r[1] * s[1])
-        elif r is not None and name in ("interpolate", "upsample", "upsample_nearest", "upsample_bilinear"):
-            y = outs[0] if outs else None
-            ok = isinstance(y, torch.Tensor) and y.dim() == 4 and src.dim() == 4
-            s = (Frac(src.shape[-2], y.shape[-2]), Frac(src.shape[-1], y.shape[-1])) if ok else None
-            call.update(kind="strided", stride=s)
-            r_out = None if s is None else (r[0] * s[0], r[1] * s[1])
-        else:
-            same = all(t.dim() == 4 and src.dim() == 4 and t.shape[-2:] == src.shape[-2:] for t in outs)
-            if not same:
-                call["kind"] = "resample"
-                r_out = None
-            elif any(w in name for w in _SPATIAL_WORDS) or (name == "batch_norm" and self._training_bn(args, kwargs)):
-                call["kind"] = "spatial"
-        if call["kind"] is not None:
-            call["r_out"] = r_out
-            self.calls.append(call)
-        for t in outs:
-            self.tag(t, r_out)
-        return out
-
-    @staticmethod
-    def _training_bn(args, kwargs) -> bool:
-        return bool(kwargs.get("training", args[5] if len(args) > 5 else False))
-
-    @staticmethod
-    def _parse_stride(name, args, kwargs) -> Optional[Tuple[int, int]]:
-        pos, kpos = _STRIDED_CALLS[name]
-        s = kwargs.get("stride", args[pos] if len(args) > pos else None)
-        if s in (None, ()) and kpos is not None:
-            s = kwargs.get("kernel_size", args[kpos] if len(args) > kpos else None)
-        if s in (None, ()):
-            s = 1
+    def __init__(self, model: nn.Module, who: str, input_size):
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is None:
+            raise ValueError(f"{who}: the model has no Conv2d layer")
+        h, w = _check_input_size(input_size)
+        shape = (1, first.in_channels, h, w)
+        self.model = model
+        g = record_graph(model, shape)                # every submodule keeps its own train/eval flag
+        if g.error:   # the shape-only run failed (a plain tensor attribute on the CPU, a value read): on zeros
+            xs, sizes = G.torch_inputs(model, shape, meta=False)
+            g = G.record(model, xs, meta=False)
+            g.sizes, g.ndim = tuple(sizes), len(sizes)
+        self.g = g
+        if g.error:
+            kind, _, msg = g.error.partition(": ")
+            etype, _, where = kind.partition(" ")
+            raise ValueError(f"{who}: the model failed on a zero input of shape {shape} ({etype}: {msg[:200]})"
+                             f"{' ' + where if where else ''}; pass a larger input_size")
+        self.mods = mods = dict(model.named_modules())
+        self.names = {id(m): n for n, m in mods.items()}
+        members: Dict[str, List[int]] = {}                 # module call -> the nodes inside it
+        for n in g.nodes:
+            for c in n.scope:
+                members.setdefault(c, []).append(n.index)
+        handled = {}
+        for c, q in g.call_scope.items():
+            m = mods.get(q) or next((g.nodes[i].module for i in members.get(c, ()) if g.nodes[i].module_name == c),
+                                    None)                  # a bare layer is recorded as a one-layer model
+            if m is not None and _handled(m) and members.get(c):
+                handled[c] = m
+        self.layers: List[Tuple[str, nn.Module, int]] = []   # (name, module, input tensor) in call order
+        self.inside: set = set()                           # nodes inside the converted layers' calls
+        seen: set = set()
+        for c in sorted(handled, key=lambda c: members[c][0]):
+            nodes = members[c]
+            if any(o in handled for o in g.nodes[nodes[0]].scope[:g.nodes[nodes[0]].scope.index(c)]):
+                continue                                   # inside another converted layer
+            m = handled[c]
+            name = self.names.get(id(m), g.call_scope[c])
+            if id(m) in seen:
+                raise ValueError(f"{who}: layer {name!r} is called more than once in forward; "
+                                 "each conv/pool must be used once to be converted")
+            seen.add(id(m))
+            inner = set(nodes)
+            x = next((r.index for i in nodes for r in g.nodes[i].in_refs
+                      if g.tensors[r.index].node >= 0 and g.tensors[r.index].node not in inner), None)
+            if x is not None:
+                self.layers.append((name, m, x))
+            self.inside |= inner
+        if len(g.outputs) != 1 or len(g.tensors[g.outputs[0]].shape) != 4:
+            raise ValueError(f"{who}: the model must map (N, C, H, W) to a feature map (N, C', H', W')")
+        self.out = g.outputs[0]
         try:
-            return geometry.normalize_tuple(tuple(s) if isinstance(s, (list, tuple)) else s, 2, "stride")
-        except (TypeError, ValueError):
-            return None
+            self.values = G.lower(g, [self.out] + [x for _, _, x in self.layers])
+        except G.AnalysisError as e:   # an op without a rule: whether it moves positions is unknown
+            msg = re.sub(r"; pass treat_as_pointwise=.*\)$", ")", str(e))
+            raise ValueError(f"{who}: {msg}, so the strides cannot be read") from None
+        self._pf: Dict[int, tuple] = {}
 
+    # ------------------------------------------------------------------ fields and grids
+    def fields(self, t: int) -> tuple:
+        """``(full, local)`` per axis of tensor ``t``, seen from its positions."""
+        if t not in self._pf:
+            self._pf[t] = V.position_fields(self.values[t])[:2]
+        return self._pf[t]
 
-def _scan(model: nn.Module, input_size) -> _Scan:
-    """Run ``model`` on zeros ``(1, C, H, W)`` under a :class:`_Scan`; every module keeps its own
-    train/eval flag (the pass itself runs in eval mode, without gradients)."""
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None:
-        raise ValueError("convert_to_dilated: the model has no Conv2d layer")
-    h, w = _check_input_size(input_size)
-    p = next(model.parameters())
-    x = torch.zeros(1, first.in_channels, h, w, dtype=p.dtype, device=p.device)
-    flags = [(m, m.training) for m in model.modules()]
-    scan = _Scan(model)
-    scan.tag(x, (Frac(1), Frac(1)))
-    try:
-        model.eval()
-        with torch.no_grad(), scan:
-            y = model(x)
-    except (RuntimeError, ValueError, IndexError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"convert_to_dilated: the model failed on a zero input of shape {tuple(x.shape)} "
-                         f"({type(e).__name__}: {first_line[:200]}); pass a larger input_size") from None
-    finally:
-        scan.remove()
-        for m, flag in flags:
-            m.training = flag
-    if scan.reused:
-        raise ValueError(f"convert_to_dilated: layer {scan.reused[0]!r} is called more than once in forward; "
-                         "each conv/pool must be used once to be converted")
-    if not isinstance(y, torch.Tensor) or y.dim() != 4:
-        raise ValueError("convert_to_dilated: the model must map (N, C, H, W) to a feature map (N, C', H', W')")
-    known, scan.out = scan.stride_of(y)
-    if not known:
-        scan.out = None
-    return scan
+    def grid(self, t: int) -> _Grid:
+        """Per-axis jump of tensor ``t``: of its local field (normalisation statistics and global
+        gates do not move positions), else of its full field; ``None`` where it has no grid."""
+        v = self.values[t]
+        out = []
+        for f, lf in zip(*self.fields(t)):
+            f = lf if isinstance(lf, Periodic) else f
+            out.append(f.jump if isinstance(f, Periodic) and not v.lossy else None)
+        return tuple(out)
+
+    def checked(self):
+        """``(node, dependent input tensors, output tensors)`` of every recorded call that is not
+        inside a converted layer and depends on the input, in call order."""
+        for n in self.g.nodes:
+            if n.kind == "input" or n.index in self.inside:
+                continue
+            outs = [t for t in n.outs if t in self.values]
+            ins = list(dict.fromkeys(r.index for r in n.in_refs
+                                     if r.index in self.values and self.values[r.index].dependent))
+            if outs and ins:
+                yield n, ins, outs
+
+    def moved(self, ins: List[int], outs: List[int], axis: int) -> bool:
+        """Whether a call moves positions on ``axis``: an output's field differs from the union of
+        its inputs' fields (a pointwise op, a relabel or a channel reduction keeps them)."""
+        whole = self.values[ins[0]].whole[axis]
+        try:
+            want = [fl.union([self.fields(t)[j][axis] for t in ins], "", whole) for j in (0, 1)]
+        except fl.FieldError:
+            return True
+        lossy = any(self.values[t].lossy for t in ins)
+        return any((self.values[t].lossy and not lossy) or not all(
+            fl.equal(self.fields(t)[j][axis], want[j]) for j in (0, 1))
+            for t in outs if self.values[t].dependent)       # zeros_like(x) carries no position of x
+
+    def uniform(self, t: int) -> bool:
+        """Tensor ``t`` (which does not depend on the input) holds one value at every position: made
+        by ``zeros``/``ones``/``full`` and the like, or pointwise ops of such tensors."""
+        p = self.g.tensors[t].node
+        if p < 0:                                          # a parameter or buffer
+            return False
+        n = self.g.nodes[p]
+        return n.op in _UNIFORM or (rules.pointwise_op(n.op, G.is_method(n.target)) and
+                                    all(self.uniform(r.index) for r in n.in_refs))
+
+    def jump(self, ts: List[int]) -> List[Optional[Frac]]:
+        """Per axis, the largest known jump of tensors ``ts``."""
+        grids = [self.grid(t) for t in ts]
+        return [max((r[k] for r in grids if r[k] is not None), default=None) for k in range(len(grids[0]))]
+
+    # ------------------------------------------------------------------ names
+    def who(self, n, prefix: bool = True) -> str:
+        """``functional call F.max_pool2d in the forward of 'layer3' (Sequential)`` or ``layer 'up'
+        (Upsample)`` for a call inside a layer the conversion does not rewrite."""
+        g = self.g
+        if n.module is not None and n.module_name:
+            return f"layer {self.names.get(id(n.module), g.call_scope.get(n.module_name))!r} " \
+                   f"({type(n.module).__name__})"
+        if G.is_method(n.target):
+            name = f"Tensor.{n.op}"
+        else:
+            mod = getattr(n.target, "__module__", None) or ""
+            name = ("F." if mod.startswith(("torch.nn.functional", "torch._C._nn")) else "torch.") + n.op
+        where = f"the model's forward ({type(self.model).__name__})"
+        for c in reversed(n.scope):
+            q = g.call_scope.get(c)
+            if q in self.mods:
+                where = f"the forward of {q!r} ({type(self.mods[q]).__name__})"
+                break
+        return f"{'functional call ' if prefix else ''}{name} in {where}"
+
+    def lost(self) -> str:
+        """Why strides are unknown: the first call that left the integer grid."""
+        for n, ins, outs in self.checked():
+            if all(_integral(self.grid(t)) for t in ins) and not _integral(self.grid(outs[0])):
+                r = self.grid(outs[0])
+                how = (f"changes the grid to stride {_show(r)}" if all(v is not None for v in r) else
+                       "changes the grid by an unknown factor" if self.values[outs[0]].lossy else
+                       "removes the grid (every position sees the same input samples)")
+                return f"{self.who(n, prefix=False)} {how}"
+        return "a call changes the grid by an unknown factor"
+
+    def output_stride(self) -> Tuple[int, int]:
+        r = self.grid(self.out)
+        if not _integral(r):
+            raise ValueError(f"output stride is not defined: {self.lost()}")
+        return int(r[0]), int(r[1])
 
 
 def _check_input_size(input_size) -> Tuple[int, int]:
@@ -245,29 +241,11 @@ def _check_input_size(input_size) -> Tuple[int, int]:
         raise ValueError(f"input_size must be an int >= 1 or an (H, W) pair, got {input_size!r}") from None
 
 
-def _integral(r: _Stride) -> bool:
-    return r is not None and all(v.denominator == 1 for v in r)
-
-
-def _lost(scan: _Scan) -> str:
-    """Why strides are unknown: the first call that left the integer grid."""
-    for c in scan.calls:
-        if c["r"] is not None and not _integral(c["r_out"]):
-            how = "by an unknown factor" if c["r_out"] is None else f"to stride {_show(c['r_out'])}"
-            return f"{c['name']} in {c['where']} changes the grid {how}"
-    return "a functional call changes the grid by an unknown factor"
-
-
-def _final_stride(scan: _Scan) -> Tuple[int, int]:
-    if not _integral(scan.out):
-        raise ValueError(f"output stride is not defined: {_lost(scan)}")
-    return int(scan.out[0]), int(scan.out[1])
-
-
 def output_stride_of(model: nn.Module, input_size: Union[int, Tuple[int, int]] = 256) -> Tuple[int, int]:
     """Output stride (per axis) of a backbone: the product of the strides along the way, read from
-    the layers (and strided functional calls) met by one forward pass on a zero input of
-    ``input_size`` (any size the model accepts; it does not enter the result).
+    the layers (and strided functional calls, resamplings, pixel unshuffles ...) met by one
+    shape-only run (meta tensors) on an input of ``input_size`` (any size the model accepts; it
+    does not enter the result): the ``jump`` of the receptive field at the output.
 
     >>> import torch.nn as nn
     >>> output_stride_of(nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.MaxPool2d(2)))
@@ -277,7 +255,7 @@ def output_stride_of(model: nn.Module, input_size: Union[int, Tuple[int, int]] =
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    return _final_stride(_scan(model, input_size))
+    return _Trace(model, "output_stride_of", input_size).output_stride()
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -285,39 +263,72 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, attr, new)
 
 
-def _plan(scan: _Scan, os_: int) -> List[Tuple[str, nn.Module, Tuple[int, int], Tuple[int, int], Tuple[int, int]]]:
-    """Per conv/pool layer to change: ``(name, module, input stride, multiplier, new stride)``;
+def _refuse_moves(tr: _Trace, os_: int) -> None:
+    """Refuse, by name, every call the conversion does not rewrite that moves positions (a
+    functional pool/conv/interpolate, a pad, a global mean, a reshape across positions ...) where
+    the conversion changes its grid: its input is made finer (jump > ``os_``), or it takes the
+    jump above ``os_`` itself (its stride would have to go). Refuse a tensor that does not depend
+    on the input but is laid out on positions that become finer (it would have to change too)."""
+    for n, ins, outs in tr.checked():
+        r_in, r_out = tr.jump(ins), tr.jump(outs)
+        moved = [k for k in range(len(r_in)) if tr.moved(ins, outs, k)]
+        over = [k for k in moved if any(r is not None and r > os_ for r in (r_in[k], r_out[k]))]
+        what = f"convert_to_dilated: {tr.who(n)} at input stride {_show(r_in)}"
+        if over:
+            need = max(math.ceil(r) for k in over for r in (r_in[k], r_out[k]) if r is not None)
+            cure = (f"functional calls cannot be converted -- use the nn module (nn.Conv2d, nn.MaxPool2d, "
+                    f"nn.AvgPool2d) or output_stride >= {need}" if n.module is None else
+                    f"only nn.Conv2d, nn.MaxPool2d and nn.AvgPool2d layers are converted -- use output_stride >= "
+                    f"{need}")
+            if any(r_out[k] is not None and r_out[k] != r_in[k] for k in over):    # a stride, a resampling
+                dense = any(r_in[k] is not None and r_in[k] > os_ for k in over)
+                how = "sees a finer grid after conversion" if dense else "would need its stride removed"
+                raise ValueError(f"{what} {how} (it takes the grid to stride {_show(r_out)}); {cure}")
+            finer = max(r_in[k] for k in over) / os_
+            raise ValueError(f"{what} mixes positions of the grid the conversion makes {_show([finer])}x finer, "
+                             f"so it would compute a different function; output_stride {os_} is not reachable for "
+                             f"this model by conversion (try output_stride >= {need})")
+        dense = [k for k, r in enumerate(r_out) if r is not None and r > os_]
+        if not dense or not (rules.pointwise_op(n.op, G.is_method(n.target)) or n.op in _JOINS):
+            continue
+        # the dims holding the finer positions: of an input for a join (same layout), else of the output
+        # (broadcasting aligns the last dims)
+        v = tr.values[ins[0] if n.op in _JOINS else outs[0]]
+        pos = {d for k in dense for d, _, f in v.factors(k) if f.size != 1}
+        for r in n.in_refs:
+            shape = tr.g.tensors[r.index].shape
+            lead = len(v.shape) - len(shape)
+            if r.index not in ins and any(shape[d - lead] != 1 for d in pos if d >= lead) and \
+                    not tr.uniform(r.index):
+                raise ValueError(f"{what} joins a tensor of shape {tuple(shape)} that does not depend on the input "
+                                 "but is laid out on its positions (a positional embedding, or a tensor built from "
+                                 "the input's size), which the conversion would have to change; output_stride "
+                                 f"{os_} is not reachable (try output_stride >= "
+                                 f"{math.ceil(max(r_out[k] for k in dense))})")
+
+
+_JOINS = ("cat", "concat", "concatenate", "stack")
+_UNIFORM = ("zeros", "ones", "full", "empty", "zeros_like", "ones_like", "full_like", "empty_like", "new_zeros",
+            "new_ones", "new_full", "new_empty", "zero_", "fill_")
+
+
+def _plan(tr: _Trace, os_: int) -> List[Tuple[str, nn.Module, Tuple[int, int], Tuple[int, int], Tuple[int, int]]]:
+    """Per conv/pool layer to change: ``(name, module, input (H, W), multiplier, new stride)``;
     raises for anything that cannot be converted exactly."""
-    total = _final_stride(scan)
+    total = tr.output_stride()
     if any(t < os_ for t in total):
         raise ValueError(f"output_stride {os_} is not reachable: the model's output stride is "
                          f"{_show(total)} (conversion only removes strides)")
-    reach = sorted({int(v) for _, _, r, _ in scan.layers if _integral(r) for v in r} | set(total))
+    grids = [(name, m, tr.grid(x), tuple(tr.g.tensors[x].shape[-2:])) for name, m, x in tr.layers]
+    reach = sorted({int(v) for _, _, r, _ in grids if _integral(r) for v in r} | set(total))
     if os_ not in reach:
         raise ValueError(f"output_stride {os_} is not reachable: the strides along the model are "
                          f"{', '.join(map(str, reach))}")
-    for c in scan.calls:                                     # functional calls: never rewritten
-        r = c["r"]
-        if r is None:
-            continue
-        dense = any(v > os_ for v in r)
-        if c["kind"] == "strided":
-            s = c["stride"]
-            if s is None or dense or any(v * sv > os_ and sv > 1 for v, sv in zip(r, s)):
-                what = "would need its stride removed" if not dense else "sees a finer grid after conversion"
-                raise ValueError(f"convert_to_dilated: functional call {c['name']} in {c['where']} at input "
-                                 f"stride {_show(r)} {what}; functional calls cannot be converted -- use the "
-                                 f"nn module (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d) or output_stride >= "
-                                 f"{int(max(r) * max(s or (1, 1)))}")
-        elif dense:
-            raise ValueError(f"convert_to_dilated: functional call {c['name']} in {c['where']} at input stride "
-                             f"{_show(r)} mixes positions of the grid the conversion makes {int(max(r)) // os_}x "
-                             f"finer, so it would compute a different function; output_stride {os_} is not "
-                             f"reachable for this model by conversion (try output_stride >= {int(max(r))})")
+    _refuse_moves(tr, os_)
     plan = []
-    for name, m, r, _ in scan.layers:
+    for name, m, r, hw in grids:
         if not _integral(r):
-            raise ValueError(f"convert_to_dilated: the input stride of layer {name!r} is unknown: {_lost(scan)}")
+            raise ValueError(f"convert_to_dilated: the input stride of layer {name!r} is unknown: {tr.lost()}")
         s = _layer_stride(m)
         mult, new_stride = [], []
         for ra, sa in zip((int(r[0]), int(r[1])), s):
@@ -330,7 +341,7 @@ def _plan(scan: _Scan, os_: int) -> List[Tuple[str, nn.Module, Tuple[int, int], 
             mult.append(ra // min(ra, os_))
             new_stride.append(1 if ra * sa > os_ else sa)
         if mult != [1, 1] or list(s) != new_stride:
-            plan.append((name, m, (int(r[0]), int(r[1])), tuple(mult), tuple(new_stride)))
+            plan.append((name, m, hw, tuple(mult), tuple(new_stride)))
     return plan
 
 
@@ -413,13 +424,17 @@ def convert_to_dilated(model: nn.Module, output_stride: int = 16, *,
     stride 1). Then ``converted(x)[..., ::f, ::f] == model(x)`` with
     ``f = output_stride_of(model) / output_stride`` (exact up to float summation order; in training
     mode a batch norm normalises over the finer grid, so the identity is an eval-mode one).
-    ``input_size`` is the size of the zero input of the one forward pass that reads the strides.
+    ``input_size`` is the input size of the one shape-only run (meta tensors) that reads the strides.
 
     Raises ``ValueError`` (one line, naming the layer or call) when ``output_stride`` is not an
     output stride the model passes through (0, 3 in a net of stride-2 layers, larger than the
-    model's), or when the converted model could not compute the same function: a functional call
-    (``F.max_pool2d(x, 2)``, ``F.conv2d(..., stride=2)``, ``F.interpolate``, a spatial mean...)
-    where strides change, ``ceil_mode`` pooling, non-zero padding modes, layers called twice.
+    model's), or when the converted model could not compute the same function: a call that moves
+    positions (``F.max_pool2d(x, 2)``, ``F.conv2d(..., stride=2)``, ``F.interpolate``, ``F.pad``,
+    a spatial mean, ``nn.Upsample``, ``nn.GroupNorm`` ...) where the grid becomes finer or where
+    the stride would have to be removed, a constant laid out on positions that become finer, an op
+    the analysis has no rule for, ``ceil_mode`` pooling, non-zero padding modes, layers called twice.
+    Calls that keep positions (pointwise ops, reshapes, 1x1 convolutions, norms and softmax over
+    channels) are fine anywhere.
 
     >>> import torch, torch.nn as nn, atrous.nn as ann
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -443,10 +458,8 @@ def convert_to_dilated(model: nn.Module, output_stride: int = 16, *,
         raise ValueError(f"output_stride must be >= 1, got {output_stride!r}")
     os_ = int(output_stride)
     new = copy.deepcopy(model)
-    scan = _scan(new, input_size)
-    for name, m, _, mult, new_stride in _plan(scan, os_):
+    for name, m, hw, mult, new_stride in _plan(_Trace(new, "convert_to_dilated", input_size), os_):
         if isinstance(m, nn.Conv2d):
-            hw = next(hw for n, _, _, hw in scan.layers if n == name)
             _convert_conv(new, name, m, hw, mult, new_stride)
         else:
             _convert_pool(new, name, m, mult, new_stride)
