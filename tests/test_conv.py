@@ -31,21 +31,25 @@ except ImportError:     # the torch-oracle tests skip; the reference-loop tests 
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed (extra 'torch')")
 
-STRATEGIES = (None, "tap", "im2col", "elementwise")
+# (strategy, window mode): None is the engine's own choice
+STRATEGIES = (None, "im2col", "tap", "elementwise", ("im2col", "flat"), ("im2col", "crop"))
 
 
 @contextlib.contextmanager
 def strategy(name, parallel=False):
-    """Force one engine strategy (None: the engine's own choice); ``parallel`` runs even tiny
-    calls on the chunk thread pool (it needs threadpoolctl, as in the dev extra)."""
-    old = engine._FORCE, engine._PAR_MIN_FLOPS, engine._MIN_ROWS, engine._CHUNK_ELEMS
-    engine._FORCE = name
+    """Force one engine strategy -- "im2col", "tap" or "elementwise", or a (strategy, window mode) pair
+    with mode "flat" or "crop" (None: the engine's own choice); ``parallel`` runs even tiny calls
+    on the chunk thread pool (it needs threadpoolctl, as in the dev extra)."""
+    old = (engine._FORCE, engine._FORCE_MODE, engine._PAR_MIN_FLOPS, engine._MIN_ROWS,
+           engine._CHUNK_ELEMS)
+    engine._FORCE, engine._FORCE_MODE = name if isinstance(name, tuple) else (name, None)
     if parallel:                    # many small chunks, all on the pool
         engine._PAR_MIN_FLOPS, engine._MIN_ROWS, engine._CHUNK_ELEMS = 0, 4, 8
     try:
         yield
     finally:
-        engine._FORCE, engine._PAR_MIN_FLOPS, engine._MIN_ROWS, engine._CHUNK_ELEMS = old
+        (engine._FORCE, engine._FORCE_MODE, engine._PAR_MIN_FLOPS, engine._MIN_ROWS,
+         engine._CHUNK_ELEMS) = old
 
 
 # ------------------------------------------------------------------------------ slow reference
@@ -536,7 +540,7 @@ def test_bad_input_raises_naming_parameter_and_value(i):
 def test_bad_input_is_rejected_before_any_work(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("work started before validation")
-    for name in ("_forward", "_backward", "_to_phases"):
+    for name in ("_forward", "_grad_input", "_grad_weight", "_phase_source", "_plan"):
         monkeypatch.setattr(engine, name, boom)
     for call, exc, _ in BAD:
         with pytest.raises(exc):

@@ -7,52 +7,76 @@ weight ``(C_out, C_in // groups, *kernel)``, output ``(N, C_out, *out_spatial)``
 through the same code, the rank is read from the weight. All per-axis arithmetic (effective kernel,
 output sizes, padding modes) comes from :mod:`atrous.geometry`.
 
-How it works (one layout serves forward, backward and transpose)
-----------------------------------------------------------------
-*Phase layout.* The input is zero-padded once and split, per axis, into ``stride`` phases
-(polyphase): phase ``r`` holds padded positions ``r, r + s, r + 2s, ...``. Each phase is stored
-channels-first with the batch folded into the spatial axes and everything flattened::
+How it works
+------------
+*Only what is read.* Per axis, output ``t`` reads padded position ``t*s + d*j`` with tap ``j``
+(stride ``s``, dilation ``d``). A tap that reads only padding for every output is *dead*: it is
+skipped (its products are zeros; only a non-finite weight or gradient makes them NaN, which is
+added explicitly, see below). The engine keeps the span ``[b, e)`` of padded positions that the live
+taps read, so time and memory follow the output size and the live taps, never the stride, the
+dilation or the padding as such (``stride=10**6`` or ``dilation=10**10`` cost what a small call costs).
 
-    xph[phase, c, row]       row = n * P + sum_a q_a * rs_a     (q_a: index inside the phase,
-                                                                  P = prod(sph), rs_a = prod(sph[a+1:]))
+*Phase grids.* That span is zero-padded once and split, per axis, into stride phases (polyphase):
+phase ``r`` holds positions ``b + r, b + r + s, ...``; only the phases some live tap reads are built.
+Tap ``j`` of output ``t`` then reads phase ``(d*j - b) % s`` at index ``t + (d*j - b) // s``: every
+tap is a constant shift of the output box inside one phase grid.
 
-Output ``t`` on axis ``a`` reads padded position ``t*s + d*j`` for tap ``j``, which lives in phase
-``(d*j) % s`` at phase index ``t + (d*j) // s``. So on the flattened grid every tap is ONE constant
-row offset ``off_j`` into ONE phase: the input window of a tap is a contiguous slice, and
+*Gather + GEMM.* The output is cut into chunks (whole samples, blocks of lines or planes, or pieces
+of one line, so that the chunk buffers stay under the memory budget). For a chunk, the tap windows
+(the output box shifted per tap, cropped to the real outputs) are stacked into a patch that stays in
+cache (im2col) and one GEMM per group writes the chunk straight into the result::
 
-    y_grid[:, row] = sum_j  W_j @ xph[phase_j, :, row + off_j]         (W_j: (C_out, C_in) per group)
+    y[n, :, box] = W (C_out, T*C_in)  @  patch (T*C_in, box)          (T live taps; per group)
 
-is one large BLAS GEMM per tap ("tap" strategy), or a broadcast multiply-add for depthwise weights
-("elementwise"); these compute on the phase grid and crop the rows that are not real outputs at the
-end. The default ("im2col") stacks the tap windows of a block of output lines, cropped to the real
-outputs, into a patch that stays in cache and runs one GEMM that writes straight into the result.
-Rows are processed in chunks whose temporary buffers stay under the memory budget
-(:func:`set_memory_budget`); besides the chunk buffers the engine holds one padded copy of the input
-and the output on the phase grid (both proportional to the arrays themselves). Big calls run
-their chunks on a small thread pool with single-threaded BLAS when ``threadpoolctl`` is installed,
-because NumPy's copies and additions are otherwise single-threaded.
+The live taps of one phase are a product of arithmetic runs (one per axis), so all their windows
+are one strided view and the patch takes one copy per phase. Variants, chosen per call and measured
+with ``benchmarks/engine.py``: few output channels out of many -- one GEMM per tap straight on
+contiguous flat windows of the grid (padding columns included and dropped at the end), accumulated
+("tap"); 3-D volumes with short lines -- flat windows, one span per plane, in the patch; depthwise
+weights -- a broadcast multiply-add. Big calls run the chunks on a small thread pool with
+single-threaded BLAS when ``threadpoolctl`` is installed, because NumPy's copies are otherwise
+single-threaded. The chunking never depends on the thread count, and every output value is computed
+by one fixed sequence of operations, so results are bit-identical however the chunks are scheduled.
 
 Backward, derived next to the forward
 -------------------------------------
-With the forward written per tap as ``y[row] = sum_j W_j x[row + off_j]`` (rows restricted to real
-outputs) and ``gy = dL/dy`` placed on the same grid (zeros on rows that are not real outputs), the
-chain rule gives:
+With the forward written per tap as ``y[t] = sum_j W_j x[t*s + d*j]`` (``t`` over real outputs,
+``x`` zero-padded) and ``g = dL/dy``, the chain rule gives:
 
-* ``dL/dW_j = sum_row gy[row] x[row + off_j]^T`` -- a correlation of the input with the output
-  gradient: the output gradient plays the kernel, stepping by the *dilation* ``d`` over the input
-  while the output index steps by the *stride*: stride and dilation exchanged. One GEMM per tap with
-  the long axis (rows) as the reduction axis.
-* ``dL/dx[r] = sum_j W_j^T gy[r - off_j]`` over the taps ``j`` whose phase holds ``r`` -- the
-  *transposed convolution* of ``gy`` (zero-inserted by the stride: the phases; kernel flipped: the
-  offsets ``-off_j``; same dilation). It is computed like the forward, as a gather with the roles of
-  ``x`` and ``y`` swapped, so every row of ``dx`` is written by one chunk. Undoing the phase split
-  and dropping the padding (including the asymmetric pads of ``"same"`` and ``"causal"``) gives
-  ``grad_x``. :func:`conv_transpose` is exactly this operator.
-* ``dL/db = sum over N and spatial of gy``.
+* ``dL/dW_j = sum_t g[t] x[t*s + d*j]^T`` -- a correlation of the input with the output gradient,
+  in which the output gradient plays the kernel: it steps by the *dilation* ``d`` over the input
+  while its own index steps by the *stride* (stride and dilation exchanged).
+* ``dL/dx[i] = sum_{j, t: t*s + d*j = i} W_j^T g[t]`` -- the *transposed convolution* of ``g``
+  (zero-inserted by the stride: the phases; kernel flipped: shifts ``-qoff_j``; same dilation). For
+  each input phase it is a gather, the forward with the roles of ``x`` and ``g`` swapped: phase
+  position ``q`` sums ``W_j^T g[q - qoff_j]`` over the taps ``j`` of that phase, ``g`` being
+  zero-padded. :func:`conv_transpose` is exactly this operator.
+* ``dL/db = sum over N and space of g``.
+
+Indexed by the input position ``q`` instead, ``dL/dW_j = sum_q g[q - qoff_j] x[q]^T`` over the
+phase of tap ``j``: the patch ``P`` of shifted ``g`` windows that gives ``dL/dx = W^T P`` also gives
+``(dL/dW)^T += P x^T`` (:func:`_backward`, one patch for both gradients). The weight gradient sums
+chunk partials in place, in a fixed order: chunk ``i`` into accumulator ``i % S``, each accumulator
+taken by one thread at a time and filled in chunk order, the ``S`` accumulators summed in order
+(``S`` is fixed by the machine and the budget, see :func:`_acc_slots`, never by the threads).
+
+NaN and inf like PyTorch
+------------------------
+PyTorch multiplies every (output, tap) pair, padding zeros included, and nothing else. The engine
+does the same: the forward and ``dL/dW`` read only real outputs (a NaN input poisons exactly the
+outputs and weight taps that read it); a dead tap contributes ``0 * w`` to the forward and
+``0 * g`` to ``dL/dW`` (NaN only when those are non-finite). In ``dL/dx`` the zero padding of ``g``
+is not part of PyTorch's products, which only matters for non-finite weights: then the products of
+finite values run the normal path and the others are added from exact counts of their NaN, +inf and
+-inf products (:func:`_grad_input_nonfinite`). The one-patch backward multiplies the zero padding of
+``g`` by ``x``, so it runs only on finite data; otherwise the two gradients take separate exact
+paths. No RuntimeWarning is raised for non-finite data.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import numbers
 import os
@@ -69,13 +93,28 @@ __all__ = ["conv", "conv_transpose", "conv_grad", "get_memory_budget", "set_memo
 
 _DEFAULT_BUDGET = 256 * 2**20
 _BUDGET = _DEFAULT_BUDGET
-# Rows of the phase grid per chunk: large enough for efficient GEMMs, small enough that a chunk's
-# accumulator stays in cache. Tuned with benchmarks/engine.py.
-_CHUNK_ELEMS = 1 << 18      # buffer elements (rows * channels) per chunk: 1 MiB of float32, ~L2
+# Positions per chunk: about _CHUNK_ELEMS patch elements (1 MiB of float32, ~L2) and at least
+# _MIN_ROWS positions so that the GEMMs stay efficient. Tuned with benchmarks/engine.py.
+_CHUNK_ELEMS = 1 << 18
 _MIN_ROWS = 256
-# Tests set this to "tap", "im2col" or "elementwise" to exercise one strategy everywhere, and
-# _PARALLEL to False to run chunks serially.
+_FUSED_ROWS = 512           # backward chunks: each also adds a weight-sized partial
+# The budget is shared by up to _SLOTS chunks running at once (a constant of the machine, so that
+# the chunking, hence every rounding, never depends on how many threads happen to run).
+_SLOTS = max(1, min(os.cpu_count() or 1, 8))
+
+
+def _acc_slots(weight_elems, budget):
+    """Weight-gradient accumulators: one per chunk slot, plus up to 3 more per slot that fit in a
+    quarter of the budget (elements), so that threads taking the accumulators one at a time stay
+    balanced. A fixed number, never the thread count. Returns (count, budget left for chunks)."""
+    extra = min(3 * _SLOTS, (budget // 4) // max(1, weight_elems))
+    return _SLOTS + extra, max(1, budget - extra * weight_elems)
+
+
+# Tests force a strategy ("im2col", "tap" or "elementwise") or a window mode ("crop" or "flat")
+# everywhere, and set _PARALLEL to False to run chunks serially.
 _FORCE = None
+_FORCE_MODE = None
 _PARALLEL = True
 
 
@@ -92,8 +131,12 @@ def get_memory_budget() -> int:
 def set_memory_budget(nbytes: int | None) -> int:
     """Set the global work-buffer budget in bytes (``None`` restores 256 MiB); returns the old one.
 
-    A per-call ``memory_budget=`` overrides it. The budget caps the chunk buffers (patch matrices,
-    per-tap products); the padded input copy and the output are extra.
+    A per-call ``memory_budget=`` overrides it. The promise: beyond the arrays themselves -- the
+    inputs and results, their zero-padded (phase-split) or contiguous copies, copies of the weight,
+    and one weight-gradient accumulator and partial per core (up to 8) -- no call allocates more
+    than the budget, shared by every chunk in flight (further accumulators, which balance the
+    threads, come out of the budget). Below the buffers of one output position (about
+    ``prod(kernel) * C_in`` values) the work cannot be cut further and that minimum is used.
 
     >>> old = set_memory_budget(64 * 2**20)
     >>> get_memory_budget()
@@ -222,63 +265,146 @@ def _spec(x, weight, bias, stride, padding, dilation, groups, causal_axes, memor
     return spec, x, weight, bias
 
 
-# --------------------------------------------------------------------------------------- layout
-class _Layout(NamedTuple):
-    nph: int          # number of phases
-    sph: tuple        # phase-grid size per axis
-    rs: tuple         # row stride per axis on the flattened grid
-    P: int            # rows per sample
-    taps: list        # (phase, row offset) per tap, C order over the kernel
-    last: int         # row of the last real output of a sample, relative to i*P
+# ----------------------------------------------------------------------------------------- plan
+class _Axis(NamedTuple):
+    """One spatial axis: the phases that live taps read, and those taps."""
+    sph: int         # phase-grid length
+    fill: tuple      # per used phase: (q0, q1, i0): grid slots q0..q1-1 hold x[i0 + s*(q - q0)]
+    runs: tuple      # per used phase: (j0, jstep, count, qoff0, qstep): its live taps are
+    #                  j0 + jstep*i, and output t reads slot t + qoff0 + qstep*i (i < count)
 
 
-def _layout(spec) -> _Layout:
-    padded = [m + lo + hi for m, (lo, hi) in zip(spec.in_sizes, spec.pads)]
-    sph = tuple(-(-p // s) for p, s in zip(padded, spec.stride))
-    rs = tuple(math.prod(sph[a + 1:]) for a in range(len(sph)))
-    # tap j of output t reads padded position t*s + pos_j: phase pos_j % s, index t + pos_j // s
-    pos = [geometry.tap_offsets(k, d) for k, d in zip(spec.kernel, spec.dilation)]
-    taps = []
-    for j in np.ndindex(*spec.kernel):
-        ph, off = 0, 0
-        for a, (ja, s) in enumerate(zip(j, spec.stride)):
-            ph = ph * s + pos[a][ja] % s
-            off += (pos[a][ja] // s) * rs[a]
-        taps.append((ph, off))
-    # the real outputs of sample i are rows i*P + [0, last] of the grid
-    last = sum((o - 1) * r for o, r in zip(spec.out_sizes, rs))
-    return _Layout(math.prod(spec.stride), sph, rs, math.prod(sph), taps, last)
+class _Block(NamedTuple):
+    """The live taps that read one phase grid: a product of arithmetic runs, one per axis."""
+    ph: int          # phase index (C order over the axes' used phases)
+    counts: tuple    # taps per axis
+    qoff: tuple      # shift of the first tap, per axis
+    qstep: tuple     # shift step between taps, per axis
+    kidx: np.ndarray  # (*counts) flat kernel index of each tap
 
 
-def _tasks(spec, lay, row_elems, rows_cap, workers=1, whole=False):
-    """Row ranges ``[r0, r1)`` covering the real output rows of every sample (every row if
-    ``whole``). Small samples are merged and long ranges cut so that a range has at most
-    ``rows_cap`` rows (the memory budget), about ``_CHUNK_ELEMS`` buffer elements (``row_elems``
-    per row, to stay in cache), and there are a few ranges per worker thread."""
-    span = lay.P if whole else lay.last + 1
-    target = min(rows_cap, max(_MIN_ROWS, _CHUNK_ELEMS // max(row_elems, 1)))
-    if workers > 1:
-        target = min(target, max(_MIN_ROWS // 4, -(-spec.n * span // (3 * workers))))
+class _Plan(NamedTuple):
+    axes: tuple      # _Axis per spatial axis (None when no tap ever reads the input)
+    sph: tuple       # phase-grid shape
+    nres: tuple      # used phases per axis (the grids are their product, C order)
+    blocks: tuple    # _Block per phase grid that live taps read
+    kidx: tuple      # flat kernel index of every live tap, in block order (the taps' order "T")
+    dead: tuple      # flat kernel indices of the dead taps
+
+
+def _axis_plan(m, lo, k, s, d, o):
+    """Live taps of one axis (input ``m``, padding before ``lo``, ``o`` outputs), or None.
+
+    Tap ``j`` of output ``t`` reads input ``t*s + d*j - lo``; it is live when some output reads a
+    real input with it. Taps whose ``d*j`` agree modulo ``s`` read the same phase; those are
+    ``s/gcd(s, d)`` apart and their live ones are consecutive (each is the previous one shifted
+    by ``d/gcd(s, d)`` whole outputs), so every phase's live taps are one arithmetic run."""
+    live = []
+    for j in range(k):
+        p = d * j - lo                       # input index read by output 0
+        t = max(0, -(p // s))                # first output reading index >= 0
+        if t < o and t * s + p < m:
+            live.append(j)
+    if not live:
+        return None
+    b = d * live[0]                           # the span [b, e) of padded positions read
+    e = d * live[-1] + (o - 1) * s + 1
+    sph = -(-(e - b) // s)
+    fill, runs = [], []
+    for r in sorted({(d * j - b) % s for j in live}):
+        js = [j for j in live if (d * j - b) % s == r]
+        g = math.gcd(s, d)
+        runs.append((js[0], s // g, len(js), (d * js[0] - b) // s, d // g))
+        q0 = max(0, -(-(lo - b - r) // s))   # slot q holds input index b + r + s*q - lo
+        q1 = max(q0, min(sph, -(-(lo + m - b - r) // s)))
+        fill.append((q0, q1, b + r + s * q0 - lo))
+    return _Axis(sph, tuple(fill), tuple(runs))
+
+
+def _plan(spec):
+    return _plan_of(spec.in_sizes, spec.pads, spec.kernel, spec.stride, spec.dilation, spec.out_sizes)
+
+
+@functools.lru_cache(maxsize=128)
+def _plan_of(in_sizes, pads, kernel, stride, dilation, out_sizes):
+    axes = [_axis_plan(m, lo, k, s, d, o) for m, (lo, _), k, s, d, o
+            in zip(in_sizes, pads, kernel, stride, dilation, out_sizes)]
+    K = math.prod(kernel)
+    if any(a is None for a in axes):          # some axis reads only padding: every tap is dead
+        return _Plan(None, None, None, (), (), tuple(range(K)))
+    nres = tuple(len(a.fill) for a in axes)
+    blocks = []
+    kstride = [math.prod(kernel[a + 1:]) for a in range(len(axes))]
+    for ph, combo in enumerate(itertools.product(*(range(n) for n in nres))):
+        runs = [a.runs[r] for a, r in zip(axes, combo)]
+        kidx = np.zeros([r[2] for r in runs], dtype=np.int64)       # flat kernel index per tap
+        for a, (j0, jstep, c, _, _) in enumerate(runs):
+            kidx += ((j0 + jstep * np.arange(c)) * kstride[a]).reshape((-1,) + (1,) * (len(runs) - a - 1))
+        blocks.append(_Block(ph, tuple(r[2] for r in runs), tuple(r[3] for r in runs),
+                             tuple(r[4] for r in runs), kidx))
+    kidx = tuple(i for b in blocks for i in b.kidx.ravel().tolist())
+    live = set(kidx)
+    return _Plan(tuple(axes), tuple(a.sph for a in axes), nres, tuple(blocks), kidx,
+                 tuple(i for i in range(K) if i not in live))
+
+
+# ------------------------------------------------------------------------------------- chunking
+class _Chunk(NamedTuple):
+    """Samples [n0, n1) and, when ``a >= 0``, one sample's box positions with the indices of the
+    axes before ``a`` fixed to ``prefix``, axis ``a`` in [u, v) and the later axes whole."""
+    n0: int
+    n1: int
+    a: int
+    prefix: tuple
+    u: int
+    v: int
+
+
+def _sub(ch, box):
+    """Shape of a chunk's part of the box."""
+    return tuple(box) if ch.a < 0 else (ch.v - ch.u,) + tuple(box[ch.a + 1:])
+
+
+def _flat_range(ch, box):
+    """[r0, r1) of the chunk in the C-order flattened box of one sample."""
+    if ch.a < 0:
+        return 0, math.prod(box)
+    inner = math.prod(box[ch.a + 1:])
+    lead = 0
+    for i, size in zip(ch.prefix + (ch.u,), box[:ch.a + 1]):
+        lead = lead * size + i
+    return lead * inner, (lead + ch.v - ch.u) * inner
+
+
+def _chunks(n, box, per_pos, budget, min_rows=None, split=True):
+    """Chunks of ``n`` samples of ``box`` with at most ``budget`` buffer elements each
+    (``per_pos`` per position, at least one position), about _CHUNK_ELEMS for the cache, and,
+    with ``split`` (calls big enough for the thread pool), at least ~8 chunks. Depends only on
+    the shapes and the budget, never on the threads.
+
+    Returns (a generator of the chunks in order, the positions of the largest chunk)."""
+    M = math.prod(box)
+    target = min(budget // (_SLOTS * per_pos), max(min_rows or _MIN_ROWS, _CHUNK_ELEMS // per_pos),
+                 max(_MIN_ROWS // 4, -(-n * M // 8)) if split else n * M)
     target = max(1, target)
-    merged, cur = [], None
-    for i in range(spec.n):
-        a, b = i * lay.P, i * lay.P + span
-        if cur is not None and b - cur[0] <= target:
-            cur[1] = b
-            continue
-        if cur is not None:
-            merged.append(cur)
-        cur = [a, b]
-    if cur is not None:
-        merged.append(cur)
-    return [(r0, min(r0 + target, b)) for a, b in merged for r0 in range(a, b, target)]
+    if M <= target:                                          # whole samples
+        step = max(1, target // M)
+        return ((_Chunk(i, min(i + step, n), -1, (), 0, 0) for i in range(0, n, step)),
+                min(step, n) * M)
+    a, inner = len(box) - 1, 1                               # split axis: box[a+1:] fits
+    while a > 0 and inner * box[a] <= target:
+        inner *= box[a]
+        a -= 1
+    cnt = min(max(1, target // inner), box[a])
+    return ((_Chunk(i, i + 1, a, pre, u, min(u + cnt, box[a])) for i in range(n)
+             for pre in np.ndindex(*box[:a]) for u in range(0, box[a], cnt)), cnt * inner)
 
 
 # ------------------------------------------------------------------------- chunk parallelism
-# NumPy's element-wise work (patch copies, accumulation) is single-threaded. When threadpoolctl is
-# installed, big calls run their row chunks on a thread pool, one chunk per thread at a time with
-# single-threaded BLAS (NumPy releases the GIL inside copies, ufuncs and matmul). Without it, or
-# for small calls, chunks run one after the other with multi-threaded BLAS.
+# NumPy's element-wise work (patch copies) is single-threaded. When threadpoolctl is installed,
+# big calls run their chunks on a thread pool, one chunk per thread at a time with single-threaded
+# BLAS (NumPy releases the GIL inside copies, ufuncs and matmul). Without it, for small calls, or
+# while another call holds the pool, chunks run one after the other with the caller's BLAS.
 _PAR_MIN_FLOPS = 2e7
 _POOL = None                # (pid, size, ThreadPoolExecutor)
 _CTL = None
@@ -297,312 +423,620 @@ def _controller():
 
 
 def _max_workers(flops) -> int:
-    if not _PARALLEL or flops < _PAR_MIN_FLOPS or _controller() is None:
-        return 1
+    if not _PARALLEL or flops < _PAR_MIN_FLOPS or _controller() is None or _LOCK.locked():
+        return 1                   # (while another call runs the pool, BLAS is limited to 1 thread)
     blas = [lc.num_threads for lc in _controller().lib_controllers if lc.user_api == "blas"]
     return max(1, min(blas) if blas else 1)
 
 
 def _run(work, tasks, workers):
-    """``[work(*t) for t in tasks]``, on ``workers`` threads with single-threaded BLAS."""
-    workers = min(workers, len(tasks))
-    if workers <= 1:
-        return [work(*t) for t in tasks]
+    """``work(i, *t)`` for ``i, t in enumerate(tasks)`` (any iterable), on ``workers`` threads
+    with single-threaded BLAS (serially in the caller when the pool is busy). The threads take
+    the tasks in order from one shared iterator."""
     global _POOL, _LOCK
-    if _POOL is not None and _POOL[0] != os.getpid():    # forked child: the threads are gone
-        _POOL, _LOCK = None, threading.Lock()
-    # one parallel section at a time: the BLAS thread limit is process-wide state
-    with _LOCK, _controller().limit(limits=1, user_api="blas"):
-        if _POOL is None or _POOL[1] < workers:
-            from concurrent.futures import ThreadPoolExecutor
-            _POOL = (os.getpid(), workers,
-                     ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous"))
-        return list(_POOL[2].map(lambda t: work(*t), tasks))
+    it = enumerate(tasks)
+    if workers > 1:
+        if _POOL is not None and _POOL[0] != os.getpid():    # forked child: the threads are gone
+            _POOL, _LOCK = None, threading.Lock()
+        # one parallel section at a time: the BLAS thread limit is process-wide state
+        if _LOCK.acquire(blocking=False):
+            try:
+                with _controller().limit(limits=1, user_api="blas"):
+                    if _POOL is None or _POOL[1] < workers:
+                        from concurrent.futures import ThreadPoolExecutor
+                        _POOL = (os.getpid(), workers,
+                                 ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous"))
+                    take, failed = threading.Lock(), []
 
+                    errs = np.geterr()          # NumPy's error state is per thread
 
-def _phase_slices(spec, lay):
-    """For each phase: (phase multi-index slices into the phase grid, slices into x)."""
-    per_axis = []
-    for m, (lo, _), s, _q_n in zip(spec.in_sizes, spec.pads, spec.stride, lay.sph):
-        opts = []
-        for r in range(s):
-            q0 = max(0, -(-(lo - r) // s))           # first phase index inside the real input
-            x0 = q0 * s + r - lo
-            cnt = len(range(x0, m, s))
-            opts.append((slice(q0, q0 + cnt), slice(x0, x0 + cnt * s if cnt else x0, s)))
-        per_axis.append(opts)
-    out = []
-    for ph_idx in np.ndindex(*spec.stride):
-        qs = tuple(per_axis[a][r][0] for a, r in enumerate(ph_idx))
-        xs = tuple(per_axis[a][r][1] for a, r in enumerate(ph_idx))
-        out.append((qs, xs))
-    return out
+                    def loop():
+                        np.seterr(**errs)
+                        while not failed:
+                            with take:
+                                nxt = next(it, None)
+                            if nxt is None:
+                                return
+                            try:
+                                work(nxt[0], *nxt[1])
+                            except BaseException:
+                                failed.append(True)
+                                raise
+
+                    for f in [_POOL[2].submit(loop) for _ in range(workers)]:
+                        f.result()
+                    return
+            finally:
+                _LOCK.release()
+    for i, t in it:
+        work(i, *t)
 
 
 def _copy(dst, src, workers):
-    """``dst[...] = src``, split along axis 0 (channels) over the worker threads."""
-    if workers <= 1 or dst.shape[0] < 2:
+    """``dst[...] = src`` for (N, C, ...) arrays, split over the worker threads."""
+    ax = 0 if dst.shape[0] >= 2 * workers else 1
+    if workers <= 1 or dst.shape[ax] < 2:
         dst[...] = src
         return
-    step = -(-dst.shape[0] // (2 * workers))
-
-    def part(a):
-        dst[a:a + step] = src[a:a + step]
-    _run(part, [(a,) for a in range(0, dst.shape[0], step)], workers)
-
-
-def _to_phases(x, spec, lay, tail=0, workers=1):
-    """(N, C, *spatial) -> zero-padded phase layout (nph, C, N*P + tail)."""
-    c = x.shape[1]
-    buf = np.zeros((lay.nph, c, spec.n * lay.P + tail), dtype=spec.dtype)
-    grid = buf[:, :, :spec.n * lay.P].reshape((lay.nph, c, spec.n) + lay.sph)
-    xt = x.transpose((1, 0) + tuple(range(2, x.ndim)))        # (C, N, *spatial), a view
-    for ph, (qs, xs) in enumerate(_phase_slices(spec, lay)):
-        _copy(grid[(ph, slice(None), slice(None)) + qs], xt[(slice(None), slice(None)) + xs],
-              workers)
-    return buf
+    step = -(-dst.shape[ax] // (2 * workers))
+    sl = (slice(None),) * ax
+    _run(lambda i, a: dst.__setitem__(sl + (slice(a, a + step),), src[sl + (slice(a, a + step),)]),
+         [(a,) for a in range(0, dst.shape[ax], step)], workers)
 
 
-def _from_phases(buf, spec, lay, c, workers=1):
-    """Inverse of :func:`_to_phases`: phase layout (nph, C, N*P) -> (N, C, *in_sizes)."""
-    out = np.empty((spec.n, c) + spec.in_sizes, dtype=spec.dtype)
-    grid = buf.reshape((lay.nph, c, spec.n) + lay.sph)
-    ot = out.transpose((1, 0) + tuple(range(2, out.ndim)))
-    for ph, (qs, xs) in enumerate(_phase_slices(spec, lay)):
-        _copy(ot[(slice(None), slice(None)) + xs], grid[(ph, slice(None), slice(None)) + qs],
-              workers)
-    return out
+# ------------------------------------------------------------------------------------- sources
+class _Source(NamedTuple):
+    """Zero-padded grids the taps read: ``flat`` (S, N, C, prod(grid) + tail) and its view
+    ``grid`` (S, N, C, *grid); ``rs`` are the row strides of the flattened grid."""
+    flat: np.ndarray
+    grid: np.ndarray
+    rs: tuple
 
 
-def _grid_to_out(grid, spec, lay, c, workers=1):
-    """Grid (C, N*P) -> (N, C, *out_sizes), cropping the rows that are not real outputs."""
-    g = grid.reshape((c, spec.n) + lay.sph)[(slice(None), slice(None))
-                                             + tuple(slice(0, o) for o in spec.out_sizes)]
-    out = np.empty((spec.n, c) + spec.out_sizes, dtype=spec.dtype)
-    _copy(out.transpose((1, 0) + tuple(range(2, out.ndim))), g, workers)
-    return out
+def _source(shape, c, n, tail, dtype, S=1):
+    P = math.prod(shape)
+    flat = np.zeros((S, n, c, P + tail), dtype=dtype)
+    rs = tuple(math.prod(shape[a + 1:]) for a in range(len(shape)))
+    return _Source(flat, flat[..., :P].reshape((S, n, c) + tuple(shape)), rs)
 
 
-def _strategy(c_red, c_acc, groups, K, backward=False) -> str:
-    """How to contract ``c_red`` channels (per group) into ``c_acc`` ones over ``K`` taps."""
+def _tail(src_shape, jobs):
+    """Elements past the flat grid that the flat windows of ``jobs`` may read."""
+    rs = [math.prod(src_shape[a + 1:]) for a in range(len(src_shape))]
+    tail = 0
+    for job in jobs:
+        if job.flat:
+            span = sum((b - 1) * r for b, r in zip(job.box, rs)) + 1
+            for tb in job.taps:
+                last = sum((st + sp * (c - 1)) * r for st, sp, c, r in zip(tb.start, tb.step, tb.counts, rs))
+                tail = max(tail, last + span - math.prod(src_shape))
+    return tail
+
+
+def _phase_source(x, spec, plan, tail, workers):
+    """x (N, C_in, *in) -> its used stride phases over the read span, zero-padded."""
+    src = _source(plan.sph, spec.c_in, spec.n, tail, spec.dtype, S=math.prod(plan.nres))
+    for ph, combo in enumerate(np.ndindex(*plan.nres)):
+        qs, xs = [], []
+        for ax, r, s in zip(plan.axes, combo, spec.stride):
+            q0, q1, i0 = ax.fill[r]
+            qs.append(slice(q0, q1))
+            xs.append(slice(i0, i0 + s * (q1 - q0), s))
+        if all(q.stop > q.start for q in qs):
+            _copy(src.grid[ph][(slice(None), slice(None)) + tuple(qs)],
+                  x[(slice(None), slice(None)) + tuple(xs)], workers)
+    return src
+
+
+def _finite(a) -> bool:
+    """True when every value of ``a`` is finite (a sum is finite only then; an overflowing sum
+    only makes us take the exact path)."""
+    return bool(np.isfinite(np.sum(a)))
+
+
+# -------------------------------------------------------------------------------- gather + GEMM
+class _Taps(NamedTuple):
+    """Taps reading source ``sidx`` at ``start + step*i`` (per axis, i < counts) for box position 0."""
+    sidx: int
+    start: tuple
+    step: tuple
+    counts: tuple
+
+
+class _Job(NamedTuple):
+    """``dst[:, :, origin + step*q] = sum_t wt[t] @ src[sidx_t, :, :, start_t + q]``, q in box."""
+    taps: list       # _Taps blocks; the taps' order is block by block, C order inside
+    wt: np.ndarray   # (T, G, c_dst/g, c_src/g)
+    box: tuple
+    origin: tuple    # dst index of box position 0, per axis
+    step: tuple      # dst index step, per axis
+    how: str         # "im2col", "tap" or "elementwise" (see _strategy)
+    flat: bool       # windows are flat slices (with the padding columns) instead of crops
+
+
+def _waste(box, rs):
+    """Upper bound of flat-window length / positions, over every chunk shape."""
+    return max(rs[a] / math.prod(box[a + 1:]) for a in range(len(box)))
+
+
+def _use_flat(box, rs, c_dst):
+    if len(box) < 3:
+        return False
+    if _FORCE_MODE is not None:
+        return _FORCE_MODE == "flat"
+    # Measured (benchmarks/engine.py): cropped windows win in 1-D and 2-D, even for 8-sample lines;
+    # for 3-D with lines of <= 16 samples a flat span per plane copies faster, as long as the extra
+    # GEMM columns it computes (the padding inside a plane; their cost grows with C_out) are few.
+    waste = ((box[1] - 1) * rs[1] + box[2]) / (box[1] * box[2])
+    return box[-1] <= 16 and (waste - 1) * c_dst <= 16
+
+
+def _strategy(c_red, c_acc, groups) -> str:
+    """How to contract ``c_red`` channels (per group) into ``c_acc`` ones."""
     if _FORCE is not None:
         return _FORCE
     if c_red == 1 and c_acc == 1 and groups > 1:
-        return "elementwise"
-    # im2col copies K*c_red values per row (in cache, on every thread) for one GEMM that reduces
-    # over K*c_red; per-tap GEMMs reduce over c_red only and move about 3*K*c_acc values per row.
-    # Measured with benchmarks/engine.py --strategy (noisy, shared machine): im2col won or tied
-    # on every forward shape; for dL/dx per-tap GEMMs won once c_red >= 16 and c_red is not much
-    # smaller than c_acc.
-    if not backward or c_red * 2 <= c_acc or c_red < 16:
-        return "im2col"
-    return "tap"
+        return "elementwise"       # depthwise: a broadcast multiply-add per tap
+    if c_acc * 4 <= c_red and c_red >= 8:
+        # few channels out of many: one GEMM per tap straight on the flat windows (no patch of
+        # T*c_red rows for a result of c_acc rows), accumulated
+        return "tap"
+    return "im2col"
 
 
-def _weights(weight, spec):
-    """weight (C_out, C_in//g, *k) -> per tap (K, G, C_out//g, C_in//g), compute dtype."""
-    G, K = spec.groups, math.prod(spec.kernel)
-    w = weight.astype(spec.dtype, copy=False).reshape(G, spec.c_out // G, spec.c_in // G, K)
-    return np.ascontiguousarray(w.transpose(3, 0, 1, 2))
+def _lead(ch, box):
+    """Box index of the chunk's first position, per axis."""
+    if ch.a < 0:
+        return (0,) * len(box)
+    return tuple(ch.prefix) + (ch.u,) + (0,) * (len(box) - ch.a - 1)
 
 
-def _flops(spec):
-    return 2 * spec.n * math.prod(spec.out_sizes) * spec.c_out * (spec.c_in // spec.groups) \
-        * math.prod(spec.kernel)
+def _sub_rs(ch, box, rs):
+    """Flat-grid strides of the chunk's sub-box axes."""
+    return tuple(rs[len(box) - len(_sub(ch, box)):])
 
 
-def _accumulate(acc, terms, elementwise):
-    """acc = sum of w @ v (or w * v) over ``terms`` = [(w, v), ...], with one temporary."""
-    op = np.multiply if elementwise else np.matmul
-    tmp = np.empty(acc.shape, dtype=acc.dtype) if len(terms) > 1 else None
-    for i, (w, v) in enumerate(terms):
-        op(w, v, out=acc if i == 0 else tmp)
-        if i:
-            np.add(acc, tmp, out=acc)
+def _flat_geom(ch, box, rs, single=False):
+    """Layout of the chunk's flat windows, in elements: their shape and strides in the source
+    grid, and the strides of the chunk's sub-box inside a compact buffer of that shape. Chunks of
+    whole 3-D planes keep the planes apart (one flat span per plane: fewer padding columns than
+    one span across planes) unless ``single``; others are one flat span."""
+    sub = _sub(ch, box)
+    if len(box) == 3 and ch.a <= 0 and not single:
+        span = (box[1] - 1) * rs[1] + box[2]
+        return (sub[0], span), (rs[0], 1), (span, rs[1], 1)
+    srs = _sub_rs(ch, box, rs)
+    return (sum((b - 1) * r for b, r in zip(sub, srs)) + 1,), (1,), srs
+
+
+def _tap_view(src, tb, ch, box, flat, single=False):
+    """All taps of block ``tb`` for chunk ``ch`` as one strided view (nn, C, *counts, *sub), or
+    (nn, C, *counts, *flat shape) for flat windows (see _flat_geom)."""
+    S, N, C, Pf = src.flat.shape
+    isz = src.flat.itemsize
+    off = sum((st + i) * r for st, i, r in zip(tb.start, _lead(ch, box), src.rs))
+    lead = (C * Pf * isz, Pf * isz) + tuple(sp * r * isz for sp, r in zip(tb.step, src.rs))
+    if flat:
+        shape, strides, _ = _flat_geom(ch, box, src.rs, single)
+        strides = tuple(r * isz for r in strides)
+    else:
+        shape, strides = _sub(ch, box), tuple(r * isz for r in _sub_rs(ch, box, src.rs))
+    return np.ndarray((ch.n1 - ch.n0, C) + tb.counts + shape, dtype=src.flat.dtype, buffer=src.flat,
+                      offset=(((tb.sidx * N + ch.n0) * C) * Pf + off) * isz, strides=lead + strides)
+
+
+def _fill_patch(patch, src, taps, ch, box, groups, flat, gw_layout=False):
+    """Stack the tap windows of chunk ``ch``: patch (nn, G, T*c/g, ...), or (G, T*c/g, nn, ...)
+    with ``gw_layout``. One copy per block of taps."""
+    t0 = 0
+    for tb in taps:
+        v = _tap_view(src, tb, ch, box, flat)                       # (nn, C, *counts, *rest)
+        nn, C, nk = v.shape[0], v.shape[1], len(tb.counts)
+        T = math.prod(tb.counts)
+        rest = v.shape[2 + nk:]
+        v = v.reshape((nn, groups, C // groups) + v.shape[2:])     # (nn, G, c, *counts, *rest)
+        cax, kax, rax = [2], list(range(3, 3 + nk)), list(range(3 + nk, v.ndim))
+        if gw_layout:       # -> (G, *counts, c, nn, *rest)
+            dst = patch[:, t0 * (C // groups):(t0 + T) * (C // groups)]
+            dst.reshape((groups,) + tb.counts + (C // groups, nn) + rest)[...] = v.transpose(
+                [1] + kax + cax + [0] + rax)
+        else:               # -> (nn, G, *counts, c, *rest)
+            dst = patch[:, :, t0 * (C // groups):(t0 + T) * (C // groups)]
+            dst.reshape((nn, groups) + tb.counts + (C // groups,) + rest)[...] = v.transpose(
+                [0, 1] + kax + cax + rax)
+        t0 += T
+
+
+def _box_view(arr, origin, step, box, ch, groups):
+    """The chunk's part of ``arr`` (N, C, *space) whose box position q sits at origin + step*q:
+    (nn, G, C/g, *sub)."""
+    idx = []
+    for b, (o, s) in enumerate(zip(origin, step)):
+        if ch.a < 0 or b > ch.a:
+            idx.append(slice(o, o + s * box[b], s))
+        elif b < ch.a:
+            idx.append(o + s * ch.prefix[b])
+        else:
+            idx.append(slice(o + s * ch.u, o + s * ch.v, s))
+    v = arr[(slice(ch.n0, ch.n1), slice(None)) + tuple(idx)]
+    return v.reshape((v.shape[0], groups, v.shape[1] // groups) + v.shape[2:])
+
+
+def _crop_view(seg, ch, box, rs, single=False):
+    """The real positions of a flat-window array seg (..., L) (C-contiguous, L = the size of the
+    chunk's flat shape) as (..., *sub)."""
+    isz = seg.itemsize
+    return np.ndarray(seg.shape[:-1] + _sub(ch, box), dtype=seg.dtype, buffer=seg,
+                      strides=seg.strides[:-1] + tuple(r * isz for r in _flat_geom(ch, box, rs, single)[2]))
+
+
+def _limit(workers, biggest, budget):
+    """Threads such that the chunks running at once stay within the budget (elements)."""
+    return max(1, min(workers, budget // max(1, biggest)))
+
+
+def _gather(src, jobs, dst, spec, groups, workers, split):
+    """Run the jobs (see _Job): each chunk of each job's box is written once, by one GEMM (or one
+    fixed sequence of multiply-adds), so the result does not depend on the scheduling."""
+    isz = spec.dtype.itemsize
+    budget = max(1, spec.budget // isz)                            # elements
+    tasks, biggest, wmats = [], 1, []
+    for ji, job in enumerate(jobs):
+        T, _, cdg, csg = job.wt.shape
+        cd, cs = cdg * groups, csg * groups
+        direct = (not job.flat and all(s == 1 for s in job.step) and all(o == 0 for o in job.origin)
+                  and tuple(job.box) == dst.shape[2:])
+        if job.how == "elementwise":
+            per = cd                                               # one product buffer
+        elif job.how == "tap":
+            per = math.ceil(2 * cd * _waste(job.box, src.rs))      # result + one product
+        elif job.flat:
+            per = math.ceil((T * cs + cd) * _waste(job.box, src.rs))   # patch + result
+        else:
+            per = T * cs + (0 if direct else cd)                   # patch (+ result)
+        chunks, most = _chunks(spec.n, job.box, per, budget, split=split)
+        tasks.append(zip(itertools.repeat(ji), chunks, itertools.repeat(direct)))
+        biggest = max(biggest, per * most)
+        wmats.append(np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3)).reshape(
+            job.wt.shape[1], cdg, T * csg))                        # (G, c_dst/g, T*c_src/g)
+    dflat = dst.reshape(dst.shape[0], groups, dst.shape[1] // groups, -1)
+
+    def work(i, ji, ch, direct):
+        job = jobs[ji]
+        T, _, cdg, csg = job.wt.shape
+        nn, sub = ch.n1 - ch.n0, _sub(ch, job.box)
+        dv = _box_view(dst, job.origin, job.step, job.box, ch, groups)   # (nn, G, c_dst/g, *sub)
+        if job.how == "elementwise":       # dv = sum over taps and channels of w * window
+            tmp = np.empty(dv.shape, dtype=dv.dtype)
+            t = 0
+            for tb in job.taps:
+                v = _tap_view(src, tb, ch, job.box, False)
+                v = v.reshape((nn, groups, csg) + v.shape[2:])          # (nn, G, c, *counts, *sub)
+                for idx in np.ndindex(*tb.counts):
+                    w = v[(slice(None), slice(None), slice(None)) + idx]
+                    for c in range(csg):
+                        wv = job.wt[t, :, :, c].reshape((1, groups, cdg) + (1,) * len(sub))
+                        np.multiply(wv, w[:, :, c:c + 1], out=tmp if t or c else dv)
+                        if t or c:
+                            np.add(dv, tmp, out=dv)
+                    t += 1
+            return
+        if job.how == "tap":               # one GEMM per tap on the flat windows, accumulated
+            span = _flat_geom(ch, job.box, src.rs, True)[0][0]
+            seg = np.empty((nn, groups, cdg, span), dtype=spec.dtype)
+            tmp = np.empty_like(seg)
+            t = 0
+            for tb in job.taps:
+                v = _tap_view(src, tb, ch, job.box, True, True)          # (nn, C, *counts, span)
+                v = v.reshape((nn, groups, csg) + v.shape[2:])
+                for idx in np.ndindex(*tb.counts):
+                    np.matmul(job.wt[t], v[(slice(None),) * 3 + idx], out=tmp if t else seg)
+                    if t:
+                        np.add(seg, tmp, out=seg)
+                    t += 1
+            dv[...] = _crop_view(seg, ch, job.box, src.rs, True)
+            return
+        if job.flat:                       # GEMM over the flat windows, then drop the padding
+            span = math.prod(_flat_geom(ch, job.box, src.rs)[0])
+            patch = np.empty((nn, groups, T * csg, span), dtype=spec.dtype)
+            _fill_patch(patch, src, job.taps, ch, job.box, groups, True)
+            seg = np.empty((nn, groups, cdg, span), dtype=spec.dtype)
+            np.matmul(wmats[ji], patch, out=seg)
+            dv[...] = _crop_view(seg, ch, job.box, src.rs)
+            return
+        R = math.prod(sub)
+        patch = np.empty((nn, groups, T * csg) + sub, dtype=spec.dtype)
+        _fill_patch(patch, src, job.taps, ch, job.box, groups, False)
+        patch = patch.reshape(nn, groups, T * csg, R)
+        if direct:                         # the GEMM writes straight into the result
+            r0, r1 = _flat_range(ch, job.box)
+            np.matmul(wmats[ji], patch, out=dflat[ch.n0:ch.n1, :, :, r0:r1])
+        else:
+            out = np.empty((nn, groups, cdg, R), dtype=spec.dtype)
+            np.matmul(wmats[ji], patch, out=out)
+            dv[...] = out.reshape(dv.shape)
+
+    _run(work, itertools.chain.from_iterable(tasks), _limit(workers, biggest, budget))
 
 
 # -------------------------------------------------------------------------------------- forward
+def _weights(weight, spec, kidx):
+    """weight (C_out, C_in/g, *k) -> (T, G, C_out/g, C_in/g) for the taps ``kidx``."""
+    G = spec.groups
+    w = weight.astype(spec.dtype, copy=False).reshape(G, spec.c_out // G, spec.c_in // G, -1)
+    return np.ascontiguousarray(w[..., list(kidx)].transpose(3, 0, 1, 2))
+
+
+def _flops(spec, plan=None):
+    T = len(plan.kidx) if plan is not None else math.prod(spec.kernel)
+    return 2 * spec.n * math.prod(spec.out_sizes) * spec.c_out * (spec.c_in // spec.groups) * T
+
+
+def _forward_taps(plan):
+    """The live taps as read by the forward: block b reads phase b.ph at b.qoff + b.qstep*i."""
+    return [_Taps(b.ph, b.qoff, b.qstep, b.counts) for b in plan.blocks]
+
+
 def _forward(x, weight, spec):
-    """Core forward on validated arrays: returns (N, C_out, *out) in the compute dtype.
+    """Core forward on validated arrays: (N, C_out, *out) in the compute dtype.
 
-    ``y[:, row] = sum_j W_j @ xph[phase_j, :, row + off_j]`` on each chunk of grid rows.
+    ``y[n, :, t] = sum_j W_j @ phase_j[n, :, t + qoff_j]`` over the live taps, chunk by chunk.
     """
-    G, K = spec.groups, math.prod(spec.kernel)
-    cgi, cgo = spec.c_in // G, spec.c_out // G
-    lay = _layout(spec)
-    how = _strategy(cgi, cgo, G, K)
-    workers = _max_workers(_flops(spec))
-    wt = _weights(weight, spec)                                         # (K, G, C_out/g, C_in/g)
-    if how == "im2col":
-        # tail rows read past the grid by the window views (one plane for _forward_planes)
-        tail = max(max(off for _, off in lay.taps), lay.rs[0])
-        xph = _to_phases(x, spec, lay, tail, workers).reshape(lay.nph, G, cgi, -1)
-        if len(spec.kernel) == 3 and spec.out_sizes[2] < 64:
-            # short lines make the cropped windows slow to copy: keep the padded line ends
-            rows_cap = spec.budget // (workers * K * spec.c_in * spec.dtype.itemsize)
-            return _forward_planes(xph, wt, spec, lay, rows_cap, workers)
-        return _forward_im2col(xph, wt, spec, lay, workers)
-    xph = _to_phases(x, spec, lay, 0, workers).reshape(lay.nph, G, cgi, -1)
-    row_elems = 2 * spec.c_out                                          # buffers per row
-    tasks = _tasks(spec, lay, row_elems, spec.budget // (workers * row_elems * spec.dtype.itemsize),
-                   workers)
-    y = np.empty((G, cgo, spec.n * lay.P), dtype=spec.dtype)            # output on the grid
-
-    def work(r0, r1):                                                   # acc: (G, C_out/g, R)
-        _accumulate(y[:, :, r0:r1], [(wt[t], xph[ph, :, :, r0 + off:r1 + off])
-                                     for t, (ph, off) in enumerate(lay.taps)],
-                    how == "elementwise" and cgi == 1)
-    _run(work, tasks, workers)
-    return _grid_to_out(y.reshape(spec.c_out, -1), spec, lay, spec.c_out, workers)
-
-
-def _forward_im2col(xph, wt, spec, lay, workers):
-    """im2col straight into the output: a chunk is a block of output lines (axis 0) of one
-    sample, or whole samples; its patch holds only real output positions, and the GEMM writes
-    into the returned ``(N, C_out, *out)`` array, so no padding rows are computed or cropped.
-
-    For tap ``j`` the window of the chunk is the phase grid seen at row offset ``off_j``:
-    ``xph[phase_j, :, n*P + off_j:].reshape(*sph)[t0 range, :out1, :out2]``.
-    """
-    G, K = spec.groups, math.prod(spec.kernel)
-    cgi, cgo = spec.c_in // G, spec.c_out // G
-    out = spec.out_sizes
-    M1 = math.prod(out[1:])                            # outputs per line of axis 0
-    M = out[0] * M1                                    # outputs per sample
-    wm = np.ascontiguousarray(wt.transpose(1, 2, 0, 3).reshape(G, 1, cgo, K * cgi))
-    y = np.empty((spec.n, spec.c_out) + out, dtype=spec.dtype)
-    per_pos = K * spec.c_in                            # patch elements per output position
-    target = min(spec.budget // (workers * per_pos * spec.dtype.itemsize),
-                 max(_MIN_ROWS, _CHUNK_ELEMS // per_pos))
-    if workers > 1:
-        target = min(target, max(_MIN_ROWS // 4, -(-spec.n * M // (3 * workers))))
-    if M <= target:                                    # whole samples per chunk
-        nn = max(1, target // M)
-        tasks = [(n, min(n + nn, spec.n), 0, out[0]) for n in range(0, spec.n, nn)]
-    else:                                              # blocks of lines (at least one line)
-        cnt = max(1, target // M1)
-        tasks = [(n, n + 1, a, min(a + cnt, out[0])) for n in range(spec.n)
-                 for a in range(0, out[0], cnt)]
-    crop = tuple(slice(0, o) for o in out[1:])
-
-    def work(n0, n1, a, b):
-        nn = n1 - n0
-        patch = np.empty((G, nn, K * cgi, b - a) + out[1:], dtype=spec.dtype)
-        for t, (ph, off) in enumerate(lay.taps):
-            win = xph[ph, :, :, n0 * lay.P + off:n1 * lay.P + off]
-            win = win.reshape((G, cgi, nn) + lay.sph)[(Ellipsis, slice(a, b)) + crop]
-            patch[:, :, t * cgi:(t + 1) * cgi] = win.transpose((0, 2, 1) + tuple(range(3, win.ndim)))
-        dst = y[n0:n1].reshape(nn, G, cgo, M)[:, :, :, a * M1:b * M1]    # (nn, G, C_out/g, R)
-        np.matmul(wm, patch.reshape(G, nn, K * cgi, (b - a) * M1), out=dst.transpose(1, 0, 2, 3))
-
-    _run(work, tasks, workers)
+    G = spec.groups
+    plan = _plan(spec)
+    y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
+    if plan.blocks:
+        workers = _max_workers(_flops(spec, plan))
+        rs = tuple(math.prod(plan.sph[a + 1:]) for a in range(len(plan.sph)))
+        how = _strategy(spec.c_in // G, spec.c_out // G, G)
+        nd = len(spec.out_sizes)
+        job = _Job(_forward_taps(plan), _weights(weight, spec, plan.kidx), spec.out_sizes,
+                   (0,) * nd, (1,) * nd, how,
+                   how == "tap" or (how == "im2col" and _use_flat(spec.out_sizes, rs, spec.c_out)))
+        src = _phase_source(x, spec, plan, _tail(plan.sph, [job]), workers)
+        _gather(src, [job], y, spec, G, workers, _flops(spec, plan) >= _PAR_MIN_FLOPS)
+    if plan.dead:                  # dead taps multiply padding zeros: 0, or NaN for a non-finite w
+        w = weight.reshape(weight.shape[0], weight.shape[1], -1)[:, :, list(plan.dead)]
+        if not _finite(w):
+            y += (w.astype(spec.dtype) * 0).sum(axis=(1, 2)).reshape((-1,) + (1,) * len(spec.kernel))
     return y
 
 
-def _forward_planes(xph, wt, spec, lay, rows_cap, workers):
-    """3-D im2col forward that skips the padded lines between output planes.
-
-    On the flat grid the outputs of plane ``(n, t0)`` occupy ``L = (out1-1)*rs1 + out2`` rows
-    starting at ``n*P + t0*rs0``; a chunk stacks a few such segments (one strided view per tap),
-    so the GEMM sees no rows from the padding margins of axis 1.
-    """
-    G, K = spec.groups, math.prod(spec.kernel)
-    cgi, cgo = spec.c_in // G, spec.c_out // G
-    (o0, o1, o2), rs0, rs1 = spec.out_sizes, lay.rs[0], lay.rs[1]
-    L = (o1 - 1) * rs1 + o2
-    wm = np.ascontiguousarray(wt.transpose(1, 2, 0, 3).reshape(G, cgo, K * cgi))
-    y = np.empty((G, cgo, spec.n * o0 * L), dtype=spec.dtype)     # (G, C_out/g, N*out0*L)
-    target = max(1, min(rows_cap, max(8 * _MIN_ROWS, _CHUNK_ELEMS // (K * spec.c_in))))
-    if workers > 1:
-        target = min(target, max(_MIN_ROWS // 4, -(-spec.n * o0 * L // (3 * workers))))
-    per = max(1, target // L)                                        # planes per chunk
-    tasks = [(n, a, min(a + per, o0)) for n in range(spec.n) for a in range(0, o0, per)]
-
-    def work(n, a, b):
-        cnt, base = b - a, n * lay.P + a * rs0
-        patch = np.empty((G, K * cgi, cnt, L), dtype=spec.dtype)        # (G, K*C_in/g, planes, L)
-        for t, (ph, off) in enumerate(lay.taps):
-            seg = xph[ph, :, :, base + off:base + off + cnt * rs0]       # (G, C_in/g, cnt*rs0)
-            patch[:, t * cgi:(t + 1) * cgi] = seg.reshape(G, cgi, cnt, rs0)[..., :L]
-        np.matmul(wm, patch.reshape(G, K * cgi, cnt * L),
-                  out=y[:, :, (n * o0 + a) * L:(n * o0 + b) * L])
-
-    _run(work, tasks, workers)
-    isz = spec.dtype.itemsize
-    ys = np.lib.stride_tricks.as_strided(                           # (C_out, N, out0, out1, out2)
-        y, shape=(spec.c_out, spec.n, o0, o1, o2),
-        strides=(spec.n * o0 * L * isz, o0 * L * isz, L * isz, rs1 * isz, isz), writeable=False)
-    return ys.transpose(1, 0, 2, 3, 4).copy()
-
-
 # ------------------------------------------------------------------------------------- backward
-def _backward(gy, x, weight, spec, want_x=True, want_w=True):
-    """(dL/dx, dL/dW) for dL/dy = gy (see the module docstring), either may be skipped.
+def _transpose_jobs(gy, weight, spec, plan, how, workers, flat_ok=True):
+    """The transposed convolution of gy as gathers, one job per input phase: (the zero-padded
+    gy source, the jobs, the flat kernel index of each job's taps in the job's tap order)."""
+    # Input phase r of an axis holds grid slots [q0, q1) of real inputs; slot q sums, over the
+    # run of taps i of that phase, W_i^T g[q - qoff0 - qstep*i]. Read in reverse tap order the
+    # shifts increase: tap i' = count-1-i reads g at q - qoff_last + qstep*i'. g is zero-padded
+    # by `front` (and `back`) so that every window is in range.
+    front, back = [], []
+    for ax, o in zip(plan.axes, spec.out_sizes):
+        need_lo, need_hi = [0], [0]
+        for (q0, q1, _), (_, _, c, qoff0, qstep) in zip(ax.fill, ax.runs):
+            if q1 > q0:
+                need_lo.append(qoff0 + qstep * (c - 1) - q0)
+                need_hi.append(q1 - qoff0 - o)
+        front.append(max(need_lo))
+        back.append(max(need_hi))
+    gshape = tuple(o + f + b for o, f, b in zip(spec.out_sizes, front, back))
+    grs = tuple(math.prod(gshape[a + 1:]) for a in range(len(gshape)))
+    jobs, kidxs = [], []
+    for blk, combo in zip(plan.blocks, np.ndindex(*plan.nres)):
+        fills = [ax.fill[r] for ax, r in zip(plan.axes, combo)]
+        box = tuple(q1 - q0 for q0, q1, _ in fills)
+        if min(box) < 1:
+            continue
+        start = tuple(q0 - qo - qs * (c - 1) + f for (q0, _, _), qo, qs, c, f
+                      in zip(fills, blk.qoff, blk.qstep, blk.counts, front))
+        kidx = np.flip(blk.kidx).ravel()
+        wt = _weights(weight, spec, kidx).transpose(0, 1, 3, 2)        # (T, G, C_in/g, C_out/g)
+        jobs.append(_Job([_Taps(0, start, blk.qstep, blk.counts)], wt, box,
+                         tuple(f[2] for f in fills), spec.stride, how,
+                         how == "tap" or (flat_ok and how == "im2col" and _use_flat(box, grs, spec.c_in))))
+        kidxs.append(kidx)
+    src = None
+    if jobs:
+        src = _source(gshape, spec.c_out, spec.n, _tail(gshape, jobs), spec.dtype)
+        _copy(src.grid[0][(slice(None), slice(None)) + tuple(slice(f, f + o) for f, o in
+                                                             zip(front, spec.out_sizes))],
+              gy, workers)
+    return src, jobs, kidxs
 
-    dL/dx is computed as a *gather* (the forward with roles swapped), so that every row of the
-    result is written by one chunk: ``dx[phase p, row] = sum_{j in p} W_j^T gy[row - off_j]``.
+
+def _grad_input(gy, weight, spec, plan):
+    """dL/dx (N, C_in, *in) for dL/dy = gy (N, C_out, *out): the transposed convolution, one
+    gather per input phase (see the module docstring). Non-finite weights: see
+    _grad_input_nonfinite."""
+    if plan.blocks and not _finite(weight):
+        return _grad_input_nonfinite(gy, weight, spec, plan)
+    G = spec.groups
+    gx = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
+    if not plan.blocks:
+        return gx
+    workers = _max_workers(_flops(spec, plan))
+    src, jobs, _ = _transpose_jobs(gy, weight, spec, plan, _strategy(spec.c_out // G, spec.c_in // G, G),
+                                   workers)
+    if jobs:
+        _gather(src, jobs, gx, spec, G, workers, _flops(spec, plan) >= _PAR_MIN_FLOPS)
+    return gx
+
+
+def _backward(gy, x, weight, spec, plan, gb):
+    """(dL/dx, dL/dW) together: per input phase, the patch P of zero-padded gy windows gives
+    ``dx = W^T P`` and, for the taps of that phase, ``(dW)^T += P x^T`` with x at the same
+    positions (``dW_j = sum_r g[r - qoff_j] x[r]^T``: the same sum as in the module docstring,
+    indexed by the input position r). One patch instead of two. Exact only when x, gy and W are
+    finite -- the zero rows of the padded gy then multiply finite x -- and used only then."""
+    G = spec.groups
+    cgi, cgo = spec.c_in // G, spec.c_out // G
+    if (not plan.blocks or _strategy(cgo, cgi, G) != "im2col" or _FORCE_MODE == "flat"
+            or not (_finite(weight) and _finite(gy) and _finite(x))):
+        return _grad_input(gy, weight, spec, plan), _grad_weight(gy, x, spec, plan, gb)
+    workers = _max_workers(_flops(spec, plan))
+    split = _flops(spec, plan) >= _PAR_MIN_FLOPS
+    src, jobs, kidxs = _transpose_jobs(gy, weight, spec, plan, "im2col", workers, flat_ok=False)
+    gx = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
+    x = np.ascontiguousarray(x)
+    slots, budget = _acc_slots(G * len(plan.kidx) * cgo * cgi, max(1, spec.budget // spec.dtype.itemsize))
+    rows, T, pers, biggest, wmats = [], 0, [], 1, []
+    for job, kidx in zip(jobs, kidxs):
+        rows.append(T)
+        T += len(kidx)
+        per = len(kidx) * cgo + 2 * cgi                         # patch, dx chunk, x chunk
+        pers.append(per)
+        biggest = max(biggest, per * _chunks(spec.n, job.box, per, budget, _FUSED_ROWS, split)[1])
+        wmats.append(np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3)).reshape(G, cgi, -1))
+
+    def chunks():
+        for ji, job in enumerate(jobs):
+            for ch in _chunks(spec.n, job.box, pers[ji], budget, _FUSED_ROWS, split)[0]:
+                yield ji, ch
+
+    S = min(slots, sum(1 for _ in chunks()))
+    accs = np.zeros((S, G, T * cgo, cgi), dtype=spec.dtype)     # (dW)^T per slot, taps in job order
+    M = math.prod(spec.in_sizes)
+
+    def work(i, slot):   # chunk i goes to slot i % S; each slot is one thread, in chunk order
+        for ji, ch in itertools.islice(chunks(), slot, None, S):
+            job = jobs[ji]
+            Tp, nn, sub = len(kidxs[ji]), ch.n1 - ch.n0, _sub(ch, job.box)
+            L = nn * math.prod(sub)
+            patch = np.empty((G, Tp * cgo, L), dtype=spec.dtype)
+            _fill_patch(patch, src, job.taps, ch, job.box, G, False, gw_layout=True)
+            direct = (nn == 1 and all(s_ == 1 for s_ in job.step) and tuple(job.box) == spec.in_sizes)
+            if direct:                                          # dx and x of the chunk, in place
+                r0, r1 = _flat_range(ch, job.box)
+                np.matmul(wmats[ji], patch, out=gx[ch.n0].reshape(G, cgi, M)[:, :, r0:r1])
+                xm = x[ch.n0].reshape(G, cgi, M)[:, :, r0:r1]
+            else:
+                order = (1, 2, 0) + tuple(range(3, 3 + len(sub)))
+                out = np.matmul(wmats[ji], patch)               # (G, C_in/g, L)
+                dv = _box_view(gx, job.origin, job.step, job.box, ch, G)
+                dv[...] = out.reshape((G, cgi, nn) + sub).transpose(
+                    (2, 0, 1) + tuple(range(3, 3 + len(sub))))
+                xm = np.empty((G, cgi, nn) + sub, dtype=spec.dtype)
+                xm[...] = _box_view(x, job.origin, job.step, job.box, ch, G).transpose(order)
+            part = np.matmul(patch, xm.reshape(G, cgi, L).transpose(0, 2, 1))   # (G, Tp*C_out/g, C_in/g)
+            acc = accs[slot, :, rows[ji] * cgo:(rows[ji] + Tp) * cgo]
+            np.add(acc, part, out=acc)
+
+    _run(work, [(s_,) for s_ in range(S)], _limit(workers, biggest, budget))
+    acc = accs[0]
+    for k in range(1, S):
+        acc += accs[k]
+    gw = np.zeros((G, cgo, cgi, math.prod(spec.kernel)), dtype=spec.dtype)
+    gw[..., np.concatenate(kidxs)] = acc.reshape(G, T, cgo, cgi).transpose(0, 2, 3, 1)
+    return gx, gw.reshape((spec.c_out, cgi) + spec.kernel)
+
+
+def _grad_input_nonfinite(gy, weight, spec, plan):
+    """dL/dx with non-finite weights, exactly as PyTorch: only products of a weight with a real
+    output gradient exist. Products of two finite values run the normal path (non-finite values
+    zeroed); every other product is NaN or +-inf, which is decided by exact counts -- transposed
+    convolutions of 0/1 arrays with 0/1 weights -- of the products of each kind:
+
+        NaN  : w NaN, or g NaN, or (w = +-inf and g = 0), or (g = +-inf and w = 0)
+        +inf : w = +inf, g > 0 | w = -inf, g < 0 | g = +inf, w > 0 | g = -inf, w < 0
+        -inf : the same with one sign flipped
+
+    A position with a NaN product, or with both +inf and -inf products, is NaN; else +-inf if it
+    has such a product; else the finite sum.
     """
+    w = weight.astype(spec.dtype, copy=False)
+    g = gy
+    wf, gf = np.isfinite(w), np.isfinite(g)
+    gx = _grad_input(np.where(gf, g, 0), np.where(wf, w, 0), spec, plan)
+    G = spec.groups
+
+    def count(pairs):              # positions with at least one product g_i * w_i (0/1 arrays)
+        gg = np.concatenate([a.reshape((spec.n, G, -1) + g.shape[2:]) for a, _ in pairs], axis=2)
+        ww = np.concatenate([b.reshape((G, -1) + w.shape[1:]) for _, b in pairs], axis=1)
+        s2 = spec._replace(c_out=len(pairs) * spec.c_out)
+        return _grad_input(gg.reshape((spec.n, -1) + g.shape[2:]).astype(spec.dtype),
+                           ww.reshape((-1,) + w.shape[1:]).astype(spec.dtype), s2, plan) > 0
+
+    ones_g, ones_w = np.ones(g.shape, bool), np.ones(w.shape, bool)
+    w_inf, g_inf = np.isinf(w), np.isinf(g)
+    nan = count([(np.isnan(g), ones_w), (ones_g, np.isnan(w)), (g == 0, w_inf), (g_inf, w == 0)])
+    up = count([(g > 0, w == np.inf), (g < 0, w == -np.inf), (g == np.inf, w > 0),
+                (g == -np.inf, w < 0)])
+    down = count([(g < 0, w == np.inf), (g > 0, w == -np.inf), (g == -np.inf, w > 0),
+                  (g == np.inf, w < 0)])
+    gx[up] = np.inf
+    gx[down] = -np.inf
+    gx[nan | (up & down)] = np.nan
+    return gx
+
+
+def _grad_weight(gy, x, spec, plan, gb):
+    """dL/dW (C_out, C_in/g, *k): the sum over chunks of gy_chunk @ patch_chunk^T (the forward's
+    patch), accumulated in place in a fixed order (see below): besides the chunk buffers, at
+    most _SLOTS weight-sized accumulators and partials."""
     G, K = spec.groups, math.prod(spec.kernel)
     cgi, cgo = spec.c_in // G, spec.c_out // G
-    isz = spec.dtype.itemsize
-    lay = _layout(spec)
-    workers = _max_workers(_flops(spec))
-    front = max(off for _, off in lay.taps)            # zero rows before the grid: row - off >= 0
-    gyp = np.zeros((spec.c_out, front + spec.n * lay.P), dtype=spec.dtype)
-    view = gyp[:, front:].reshape((spec.c_out, spec.n) + lay.sph)
-    # gy may cover fewer outputs than the grid allows (conv_transpose's output_padding)
-    _copy(view[(slice(None), slice(None)) + tuple(slice(0, o) for o in gy.shape[2:])],
-          gy.transpose((1, 0) + tuple(range(2, gy.ndim))), workers)
-    gyp = gyp.reshape(G, cgo, -1)                      # (G, C_out/g, front + rows)
-    wt = _weights(weight, spec)                        # (K, G, C_out/g, C_in/g)
-    gx = gw = None
-    if want_x:
-        wT = np.ascontiguousarray(wt.transpose(0, 1, 3, 2))              # (K, G, C_in/g, C_out/g)
-        by_phase = [[(t, off) for t, (ph, off) in enumerate(lay.taps) if ph == p]
-                    for p in range(lay.nph)]
-        how = _strategy(cgo, cgi, G, K, backward=True)
-        kmax = max(len(b) for b in by_phase)
-        row_elems = kmax * spec.c_out if how == "im2col" else 2 * spec.c_in
-        dx = np.empty((lay.nph, G, cgi, spec.n * lay.P), dtype=spec.dtype)
-        for p, taps in enumerate(by_phase):
-            if not taps:                               # no tap lands on this phase
-                dx[p] = 0
-        rng = _tasks(spec, lay, row_elems, spec.budget // (workers * row_elems * isz), workers,
-                     whole=True)
-        tasks = [(p, r0, r1) for p, taps in enumerate(by_phase) if taps for r0, r1 in rng]
-        if how == "im2col":
-            wm = [np.concatenate([wT[t] for t, _ in taps], axis=-1) if taps else None
-                  for taps in by_phase]                                  # (G, C_in/g, Kp*C_out/g)
+    gw = np.zeros((G, cgo, cgi, K), dtype=spec.dtype)
+    if plan.blocks:
+        workers = _max_workers(_flops(spec, plan))
+        out, nd = spec.out_sizes, len(spec.out_sizes)
+        rs = tuple(math.prod(plan.sph[a + 1:]) for a in range(len(plan.sph)))
+        taps, T = _forward_taps(plan), len(plan.kidx)
+        flat = _use_flat(out, rs, spec.c_out)
+        src = _phase_source(x, spec, plan, _tail(plan.sph, [_Job(taps, None, out, None, None, "",
+                                                                  flat)]), workers)
+        if flat and not _finite(src.flat):
+            flat = False           # flat windows would multiply non-finite inputs by zeros
+        slots, budget = _acc_slots(G * T * cgo * cgi, max(1, spec.budget // spec.dtype.itemsize))
+        per = T * spec.c_in + spec.c_out                           # patch + gradient chunk
+        if flat:
+            per = math.ceil(per * _waste(out, rs))
+        # bigger chunks than the forward's: each adds a weight-sized partial
+        split = _flops(spec, plan) >= _PAR_MIN_FLOPS
+        chunks, most = _chunks(spec.n, out, per, budget, 4 * _MIN_ROWS, split)
+        S = min(slots, sum(1 for _ in chunks))
 
-            def work(p, r0, r1):
-                taps = by_phase[p]
-                patch = np.empty((G, len(taps) * cgo, r1 - r0), dtype=spec.dtype)
-                for i, (_, off) in enumerate(taps):
-                    patch[:, i * cgo:(i + 1) * cgo] = gyp[:, :, front + r0 - off:front + r1 - off]
-                np.matmul(wm[p], patch, out=dx[p, :, :, r0:r1])
-        else:
-            def work(p, r0, r1):                                        # acc: (G, C_in/g, R)
-                _accumulate(dx[p, :, :, r0:r1],
-                            [(wT[t], gyp[:, :, front + r0 - off:front + r1 - off])
-                             for t, off in by_phase[p]], how == "elementwise" and cgo == 1)
-        _run(work, tasks, workers)
-        gx = _from_phases(dx.reshape(lay.nph, spec.c_in, -1), spec, lay, spec.c_in, workers)
-    if want_w:
-        xph = _to_phases(x, spec, lay, 0, workers).reshape(lay.nph, G, cgi, -1)
+        def partial(ch, part):
+            nn, sub = ch.n1 - ch.n0, _sub(ch, out)
+            gv = _box_view(gy, (0,) * nd, (1,) * nd, out, ch, G)     # (nn, G, C_out/g, *sub)
+            if flat:
+                span = math.prod(_flat_geom(ch, out, rs)[0])
+                L = nn * span
+                g = np.zeros((G, cgo, nn, span), dtype=spec.dtype)   # zeros off the real outputs
+                _crop_view(g, ch, out, rs)[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
+            else:
+                L = nn * math.prod(sub)
+                if nn == 1:
+                    r0, r1 = _flat_range(ch, out)
+                    g = gy[ch.n0].reshape(G, cgo, -1)[:, :, r0:r1]
+                else:
+                    g = np.empty((G, cgo, nn) + sub, dtype=spec.dtype)
+                    g[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
+            patch = np.empty((G, T * cgi, L), dtype=spec.dtype)
+            _fill_patch(patch, src, taps, ch, out, G, flat, gw_layout=True)
+            # (dW)^T = patch @ g^T: OpenBLAS runs this layout up to 2x faster than g @ patch^T
+            np.matmul(patch, g.reshape(G, cgo, L).transpose(0, 2, 1), out=part)
 
-        def work(r0, r1):           # dW_j += gy[rows] @ x[rows + off_j]^T, reduced over rows
-            dw = np.zeros((K, G, cgo, cgi), dtype=spec.dtype)
-            tmp = np.empty((G, cgo, cgi), dtype=spec.dtype)
-            g = gyp[:, :, front + r0:front + r1]
-            for t, (ph, off) in enumerate(lay.taps):
-                np.matmul(g, xph[ph, :, :, r0 + off:r1 + off].transpose(0, 2, 1), out=tmp)
-                dw[t] += tmp
-            return dw
-        tasks = _tasks(spec, lay, spec.c_in + spec.c_out, 1 << 62, workers)
-        dw = sum(_run(work, tasks, workers))
-        # (K, G, C_out/g, C_in/g) -> (C_out, C_in/g, *k)
-        gw = dw.transpose(1, 2, 3, 0).reshape((spec.c_out, cgi) + spec.kernel)
-    return gx, gw
+        # Fixed reduction order whatever the scheduling: chunk i is added to slot i % S, each
+        # slot by one thread in chunk order, and the S slots are summed in order at the end.
+        accs = np.zeros((S, G, T * cgi, cgo), dtype=spec.dtype)
+
+        def work(i, slot):
+            part = np.empty((G, T * cgi, cgo), dtype=spec.dtype)
+            for ch in itertools.islice(_chunks(spec.n, out, per, budget, 4 * _MIN_ROWS, split)[0], slot, None, S):
+                partial(ch, part)
+                np.add(accs[slot], part, out=accs[slot])
+
+        _run(work, [(s,) for s in range(S)], _limit(workers, per * most, budget))
+        acc = accs[0]
+        for k in range(1, S):
+            acc += accs[k]
+        gw[..., list(plan.kidx)] = acc.reshape(G, T, cgi, cgo).transpose(0, 3, 2, 1)
+    if plan.dead:                  # dead taps: sum of g * 0, NaN where g has a non-finite value
+        gwv = gw.reshape(spec.c_out, cgi, K)
+        for o in np.flatnonzero(~np.isfinite(gb)):      # (a finite sum has only finite terms)
+            if not np.isfinite(gy[:, o]).all():
+                gwv[o][:, list(plan.dead)] = np.nan
+    return gw.reshape((spec.c_out, cgi) + spec.kernel)
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -618,7 +1052,8 @@ def conv(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride:
     ``"same"`` (``out = ceil(n / stride)``), ``"causal"`` (all padding before on ``causal_axes``)
     or ``"full"`` -- see :func:`atrous.geometry.resolve_padding`. float32/float64 are preserved;
     float16 is computed in float32 and returned as float16. ``memory_budget`` (bytes) caps the
-    chunk buffers for this call (default :func:`get_memory_budget`).
+    work buffers for this call (default :func:`get_memory_budget`). NaN and inf propagate as in
+    PyTorch; the cost follows the output size, not the stride or dilation.
 
     Dilated convolutions: Yu & Koltun (ICLR 2016); DeepLab's atrous convolution (Chen et al. 2017).
 
@@ -633,13 +1068,14 @@ def conv(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride:
     """
     spec, x, weight, bias = _spec(x, weight, bias, stride, padding, dilation, groups, causal_axes,
                                   memory_budget)
-    if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
-        y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
-    else:
-        y = _forward(x, weight, spec)
-    if bias is not None:
-        y += bias.astype(spec.dtype).reshape((-1,) + (1,) * len(spec.kernel))
-    return y.astype(spec.out_dtype, copy=False)
+    with np.errstate(all="ignore"):
+        if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
+            y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
+        else:
+            y = _forward(x, weight, spec)
+        if bias is not None:
+            y += bias.astype(spec.dtype).reshape((-1,) + (1,) * len(spec.kernel))
+        return y.astype(spec.out_dtype, copy=False)
 
 
 def conv_transpose(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None, stride: IntOrTuple = 1,
@@ -665,13 +1101,14 @@ def conv_transpose(x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = Non
     """
     spec, x, weight, bias = _spec(x, weight, bias, stride, padding, dilation, groups, (0,),
                                   memory_budget, transposed=True, output_padding=output_padding)
-    if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
-        y = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
-    else:
-        y, _ = _backward(x.astype(spec.dtype, copy=False), None, weight, spec, want_w=False)
-    if bias is not None:
-        y += bias.astype(spec.dtype).reshape((-1,) + (1,) * len(spec.kernel))
-    return y.astype(spec.out_dtype, copy=False)
+    with np.errstate(all="ignore"):
+        if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
+            y = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
+        else:
+            y = _grad_input(x.astype(spec.dtype, copy=False), weight, spec, _plan(spec))
+        if bias is not None:
+            y += bias.astype(spec.dtype).reshape((-1,) + (1,) * len(spec.kernel))
+        return y.astype(spec.out_dtype, copy=False)
 
 
 def conv_grad(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, bias: ArrayLike | None = None,
@@ -706,12 +1143,13 @@ def conv_grad(grad_output: ArrayLike, x: ArrayLike, weight: ArrayLike, bias: Arr
                          f"grad_output.shape={gy.shape}")
     dt = np.result_type(spec.out_dtype, gy.dtype)
     spec = spec._replace(out_dtype=dt, dtype=np.dtype(np.float32) if dt == np.float16 else dt)
-    gy = gy.astype(spec.dtype, copy=False)
-    gb = gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
-    if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
-        gx = np.zeros(x.shape, dtype=spec.dtype)
-        gw = np.zeros(weight.shape, dtype=spec.dtype)
-    else:
-        gx, gw = _backward(gy, x, weight, spec)
-    return (gx.astype(spec.out_dtype, copy=False), gw.astype(spec.out_dtype, copy=False),
-            gb.astype(spec.out_dtype, copy=False))
+    with np.errstate(all="ignore"):
+        gy = gy.astype(spec.dtype, copy=False)
+        gb = gy.sum(axis=(0,) + tuple(range(2, gy.ndim)))
+        if spec.n == 0 or spec.c_out == 0 or spec.c_in == 0:
+            gx = np.zeros(x.shape, dtype=spec.dtype)
+            gw = np.zeros(weight.shape, dtype=spec.dtype)
+        else:
+            gx, gw = _backward(gy, x.astype(spec.dtype, copy=False), weight, spec, _plan(spec), gb)
+        return (gx.astype(spec.out_dtype, copy=False), gw.astype(spec.out_dtype, copy=False),
+                gb.astype(spec.out_dtype, copy=False))
