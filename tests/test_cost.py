@@ -170,3 +170,14 @@ def test_conv_subclass_counted_without_notes():
     an = pytest.importorskip("atrous.nn")
     c = atrous.cost(nn.Sequential(an.Conv2d(3, 4, 3, padding="same", dilation=2)), (1, 3, 10, 10))
     assert c.macs == 4 * 100 * 3 * 9 and not c.notes and c.rows[0].type == "Conv2d"
+
+
+def test_resnet50_matches_published_figures():
+    """torchvision's ResNet-50 at 224x224: 25,557,032 parameters and 4.09 GMACs (its model card; the
+    same 4,089,184,256 MACs fvcore and ptflops count). Built on the meta device: no weights needed."""
+    import rf_models as R
+    with torch.device("meta"):
+        m = R.ResNet(R.Bottleneck, [3, 4, 6, 3], widths=(64, 128, 256, 512), num_classes=1000)
+    c = atrous.cost(m, (1, 3, 224, 224))
+    assert c.params == 25_557_032 and c.macs == 4_089_184_256
+    assert atrous.receptive_field(m, (1, 3, 224, 224), at="layer4").size == (427, 427)   # Araujo et al.
