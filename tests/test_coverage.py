@@ -115,7 +115,7 @@ def test_model_ending_in_global_pool_reports_last_spatial_node():
     cov = atrous.coverage(net, input_shape=(1, 1, 40))
     assert cov.name == "2"
     assert np.array_equal(cov.path_counts[0], counts_array(brute_counts([(3, 1, 2), (3, 1, 4)]))[1])
-    with pytest.raises(ValueError, match="has a global field"):
+    with pytest.raises(ValueError, match="no position-dependent local field"):
         atrous.coverage(net, input_shape=(1, 1, 40), at="5")
 
 
@@ -175,3 +175,14 @@ def test_hdc_ok_is_brute_force_and_recursion_formula(dils, k):
         ms.append(M)
     assert list(r.M) == ms[::-1] and r.recursion_ok == (ms[::-1][1] <= k)
     assert r.common_factor == math.gcd(*dils)
+
+
+def test_coverage_follows_the_local_paths_through_a_gate():
+    """A squeeze-excitation gate adds no taps: the coverage of an SE net is the coverage of the same
+    net without the gate (independently computed), and the gate is named in the notes."""
+    import rf_models as R
+    with_se = atrous.coverage(R.SENet(se=True), (1, 3, 32, 32))
+    without = atrous.coverage(R.SENet(se=False), (1, 3, 32, 32))
+    assert with_se.extent == without.extent == (5, 5) and with_se.covered == without.covered
+    assert all(np.array_equal(a, b) for a, b in zip(with_se.path_counts, without.path_counts))
+    assert with_se.notes and "global op" in with_se.notes[0] and not without.notes

@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .fields import Const
+from .fields import Periodic
 from .receptive_field import Layer, analyse, field_of
 from .receptive_field import is_torch_module
 from .values import EApply, EInput, EOpaque
@@ -64,6 +64,7 @@ class Coverage:
     offset: tuple
     name: str = ""
     _nd: Callable | None = field(default=None, repr=False, compare=False)
+    notes: tuple = ()
 
     @property
     def path_counts_nd(self) -> np.ndarray:
@@ -96,7 +97,7 @@ class Coverage:
     def to_dict(self) -> dict:
         return {"name": self.name, "extent": list(self.extent), "covered": list(self.covered),
                 "holes": list(self.holes), "largest_hole": list(self.largest_hole),
-                "cv": list(self.cv), "offset": list(self.offset),
+                "cv": list(self.cv), "offset": list(self.offset), "notes": list(self.notes),
                 "path_counts": [pc.tolist() for pc in self.path_counts]}
 
 
@@ -113,7 +114,7 @@ def _stats(pc: np.ndarray):
     return covered, largest, cv
 
 
-def _make(arrays: Sequence[np.ndarray], offsets, name="", nd=None) -> Coverage:
+def _make(arrays: Sequence[np.ndarray], offsets, name="", nd=None, notes=()) -> Coverage:
     ext, cov, holes, big, cvs = [], [], [], [], []
     trimmed, offs = [], []
     for pc, off in zip(arrays, offsets):
@@ -124,7 +125,7 @@ def _make(arrays: Sequence[np.ndarray], offsets, name="", nd=None) -> Coverage:
         ext.append(len(pc)), cov.append(c), holes.append(len(pc) - c), big.append(lh), cvs.append(cv)
         trimmed.append(pc), offs.append(off)
     return Coverage(tuple(ext), tuple(cov), tuple(holes), tuple(big), trimmed, tuple(cvs), tuple(offs),
-                    name, nd)
+                    name, nd, notes)
 
 
 def _dtype_for(bound: int):
@@ -162,12 +163,17 @@ def _bound(g) -> int:
     return b
 
 
+class _Global(ValueError):
+    """The walk reached an op that mixes positions globally (no local path)."""
+
+
 class _Walk:
     """The path-count walk over a value's build expression (see :mod:`atrous.analysis.values`)."""
 
     def __init__(self, ndim: int, nd: bool, dt):
         self.ndim, self.nd, self.dt = ndim, nd, dt
         self.memo: dict = {}
+        self.notes: list = []
 
     def __call__(self, e):
         key = id(e)
@@ -181,8 +187,8 @@ class _Walk:
             arrs = np.ones((1,) * ndim, dt) if nd else [np.ones(1, dt) for _ in range(ndim)]
             return [0] * ndim, [1] * ndim, arrs
         if isinstance(e, EOpaque):
-            raise ValueError(f"coverage is undefined past {e.why} (the field is global there); pass at= a "
-                             "node before it")
+            raise _Global(f"coverage is undefined past {e.why} (no local path reaches here); pass at= a "
+                          "node before it")
         if isinstance(e, EApply):
             org, jmp, arrs = self(e.src)
             org, jmp = list(org), list(jmp)
@@ -206,8 +212,19 @@ class _Walk:
                 org[ax] += min(shifts)
                 jmp[ax] *= t.b
             return org, jmp, arrs
-        # EUnion
-        ins = [self(s) for s in e.srcs]
+        # EUnion: the local paths only (a global gate or mixing branch adds no taps)
+        ins, skipped = [], []
+        for s in e.srcs:
+            try:
+                ins.append(self(s))
+            except _Global as err:
+                skipped.append(str(err).split(" (")[0].replace("coverage is undefined past ", ""))
+        if not ins:
+            raise _Global(f"coverage is undefined past {e.where} (no local path reaches here); pass at= a "
+                          "node before it")
+        for s in skipped:
+            if s not in self.notes:
+                self.notes.append(s)
         jmps = {tuple(s[1]) for s in ins}
         if len(jmps) > 1:
             raise ValueError(f"branches meeting at {e.where!r} have different jumps {sorted(jmps)}")
@@ -277,9 +294,10 @@ def coverage(model, input_shape=None, at: str | None = None, *, kernel: int = 3,
     also compute the exact N-D map of a model with branches now (chains always get it lazily as an
     outer product).
 
-    Paths count spatial taps only (channels are not multiplied in). Transposed convolutions,
-    upsampling and windows give each output phase its own field: use :func:`atrous.receptive_field`
-    there.
+    Paths count spatial taps only (channels are not multiplied in) and follow the **local paths**:
+    a global op (a squeeze-excitation gate, attention, normalisation statistics) adds no taps, and is
+    named in ``notes``. Transposed convolutions, upsampling and windows give each output phase its
+    own field: use :func:`atrous.receptive_field` there.
 
     >>> cov = coverage([1, 2, 4, 8], kernel=3)
     >>> cov.extent, cov.covered, cov.holes
@@ -293,19 +311,19 @@ def coverage(model, input_shape=None, at: str | None = None, *, kernel: int = 3,
     g, vals, t = analyse(spec, input_shape, at)
     v = vals[t]
     name = g.nodes[g.tensors[t].node].name if at is None or at not in g.calls else at
-    if any(isinstance(f, Const) for f in v.full):
+    if not all(isinstance(f, Periodic) for f in v.local):
         rf = field_of(g, vals, t)
         if at is not None or rf.last_spatial is None:
-            raise ValueError(f"{name!r} has a global field (global pooling, attention or statistics over "
-                             "positions); coverage is defined for position-dependent fields: pass at= a node "
-                             "before it")
+            raise ValueError(f"{name!r} has no position-dependent local field (global pooling, attention or a "
+                             "flatten reaches it); coverage is defined for local paths: pass at= a node before it")
         name = rf.last_spatial.name
         t = g.node(name).outs[0]
         v = vals[t]
     if v.expr is None:
         raise ValueError(f"{name!r} does not depend on the input")
     dt = _dtype_for(_bound(g))
-    org, _, arrs = _Walk(g.ndim, False, dt)(v.expr)
+    walk = _Walk(g.ndim, False, dt)
+    org, _, arrs = walk(v.expr)
     ndfun = None
     if is_torch_module(model) and g.ndim > 1:
         cache: dict = {}
@@ -318,7 +336,8 @@ def coverage(model, input_shape=None, at: str | None = None, *, kernel: int = 3,
             return cache["v"]
         if nd:
             ndfun()
-    return _make(arrs, org, name, ndfun)
+    notes = tuple(f"{n}: a global op, not counted (coverage follows the local paths)" for n in walk.notes)
+    return _make(arrs, org, name, ndfun, notes)
 
 
 # ---------------------------------------------------------------------------------------- HDC

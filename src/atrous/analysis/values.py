@@ -413,7 +413,7 @@ def mix(v: Value, dims: Sequence[int], kind: str, node: str, remove: bool = Fals
             where[k] = where[k] or node
             if kind != "stat":          # a global mix or reduction is not a local path
                 local[k] = None
-            opaque = f"{node} mixes every position of spatial axis {k}"
+                opaque = f"{node} mixes every position of spatial axis {k}"
             continue
         ts = []
         if remove:
