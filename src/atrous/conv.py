@@ -93,9 +93,12 @@ __all__ = ["conv", "conv_transpose", "conv_grad", "get_memory_budget", "set_memo
 
 _DEFAULT_BUDGET = 256 * 2**20
 _BUDGET = _DEFAULT_BUDGET
-# Positions per chunk: about _CHUNK_ELEMS patch elements (1 MiB of float32, ~L2) and at least
-# _MIN_ROWS positions so that the GEMMs stay efficient. Tuned with benchmarks/engine.py.
-_CHUNK_ELEMS = 1 << 18
+# Positions per chunk: about _CHUNK_ELEMS patch elements (2 MiB of float32, ~L2) and at least
+# _MIN_ROWS positions so that the GEMMs stay efficient. Tuned with benchmarks/engine.py: 2 MiB
+# rather than 1 halves the chunks, hence the Python work per chunk that two threads serialise on
+# the GIL (3-D 16 channels, 2 threads: 0.30 -> 0.37 of GEMM; 1 thread 0.70 -> 0.89), and is as
+# fast or faster on the other shapes at 1 and 2 threads (4 MiB loses at 1 thread on 2-D backwards).
+_CHUNK_ELEMS = 1 << 19
 _MIN_ROWS = 256
 _FUSED_ROWS = 512           # backward chunks: each also adds a weight-sized partial
 # The budget is shared by up to _SLOTS chunks running at once (a constant of the machine, so that
