@@ -94,10 +94,11 @@ __all__ = ["conv", "conv_transpose", "conv_grad", "get_memory_budget", "set_memo
 _DEFAULT_BUDGET = 256 * 2**20
 _BUDGET = _DEFAULT_BUDGET
 # Positions per chunk: about _CHUNK_ELEMS patch elements (2 MiB of float32, ~L2) and at least
-# _MIN_ROWS positions so that the GEMMs stay efficient. Tuned with benchmarks/engine.py: 2 MiB
-# rather than 1 halves the chunks, hence the Python work per chunk that two threads serialise on
-# the GIL (3-D 16 channels, 2 threads: 0.30 -> 0.37 of GEMM; 1 thread 0.70 -> 0.89), and is as
-# fast or faster on the other shapes at 1 and 2 threads (4 MiB loses at 1 thread on 2-D backwards).
+# _MIN_ROWS positions so that the GEMMs stay efficient. Tuned with benchmarks/engine.py's shapes
+# (interleaved A/B, EPYC with 2 MiB L2 per core): 2 MiB rather than 1 halves the chunks, hence the
+# Python work per chunk that two threads serialise on the GIL -- 3-D 16 channels at 2 threads fwd
+# 0.41 -> 0.53 of GEMM, 3-D N2 C16 24^3 bwd 0.55 -> 0.77 (1 thread 0.59 -> 0.65); the 2-D shapes
+# move within the noise (+-0.04) at 1 and 2 threads; 4 MiB loses at 1 thread on 2-D backwards.
 _CHUNK_ELEMS = 1 << 19
 _MIN_ROWS = 256
 _FUSED_ROWS = 512           # backward chunks: each also adds a weight-sized partial
@@ -408,7 +409,11 @@ def _chunks(n, box, per_pos, budget, min_rows=None, split=True):
 # big calls run their chunks on a thread pool, one chunk per thread at a time with single-threaded
 # BLAS (NumPy releases the GIL inside copies, ufuncs and matmul). Without it, for small calls, or
 # while another call holds the pool, chunks run one after the other with the caller's BLAS.
-_PAR_MIN_FLOPS = 2e7
+# Below _PAR_MIN_FLOPS the pool loses to that serial loop (per-chunk Python work serialised on the
+# GIL, thread wake-ups): measured at 2 threads, interleaved, 3e8 against 2e7 -- 226 MFLOP (3-D
+# N1 C32 16^3) 0.34 -> 0.44 of GEMM, 75 MFLOP (2-D N1 C32 64^2) 0.39 -> 0.59; at 382 MFLOP (3-D N2
+# C16 24^3) the pool already wins (0.81 against 0.57 serial).
+_PAR_MIN_FLOPS = 3e8
 _POOL = None                # (pid, size, ThreadPoolExecutor)
 _CTL = None
 _LOCK = threading.Lock()
