@@ -892,7 +892,8 @@ def _backward(gy, x, weight, spec, plan, gb):
     G = spec.groups
     cgi, cgo = spec.c_in // G, spec.c_out // G
     if (not plan.blocks or _strategy(cgo, cgi, G) != "im2col" or _FORCE_MODE == "flat"
-            or not (_finite(weight) and _finite(gy) and _finite(x))):
+            # gb (the sums of gy, already computed) is finite only when gy is: one pass less
+            or not (_finite(weight) and _finite(gb) and _finite(x))):
         return _grad_input(gy, weight, spec, plan), _grad_weight(gy, x, spec, plan, gb)
     workers = _max_workers(_flops(spec, plan))
     split = _flops(spec, plan) >= _PAR_MIN_FLOPS
