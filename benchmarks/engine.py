@@ -17,7 +17,8 @@ For every shape, forward and backward (grad_x + grad_weight), float32:
 
 FLOPs = 2 * N * C_out * prod(out) * C_in/groups * prod(k) for the forward, twice that for the
 backward. Times are the best of ``--repeat`` runs, alternating atrous, torch and the GEMM so that
-noise from other processes hits all three. Ratios are what count; the load average (1 min) is printed
+noise from other processes hits all three (with several threads, each atrous and torch call is
+timed after a 0.15 s pause, see ``SETTLE``). Ratios are what count; the load average (1 min) is printed
 with every row and the CPU model and BLAS kernels in the header.
 """
 
@@ -91,6 +92,19 @@ def torch_conv(torch, x, w, dilation, padding, groups):
 
 
 CLOCK = time.perf_counter
+
+
+# After a multi-threaded call, OpenBLAS's idle worker threads keep spinning for up to ~0.1 s and
+# hold a core: measured here (2 cores), an engine call timed within 30 ms of a 2-thread NumPy GEMM
+# took 25-27 ms (process CPU 65-75 ms) against 22 ms after 0.1-0.3 s (CPU 41-45 ms). With several
+# threads every timed call therefore waits SETTLE seconds first, so that no pass is timed while
+# the previous one's (the GEMM anchor's, or a serial engine call's) BLAS threads still spin.
+SETTLE = 0.15
+
+
+def settle(threads):
+    if threads > 1:
+        time.sleep(SETTLE)
 
 
 def once(fn):
@@ -222,7 +236,9 @@ def main(argv=None):
             ours(), theirs()                  # warm up
             ta, tt, tg = math.inf, math.inf, math.inf
             for _ in range(args.repeat):      # alternate so background load hits all alike
+                settle(threads)
                 ta = min(ta, once(ours))
+                settle(threads)
                 tt = min(tt, once(theirs))
                 tg = sum(gm.time() for gm in gemms)
             r = (name, kind, fl / ta / 1e9, fl / tt / 1e9, tt / ta, fl / tg / 1e9, tg / ta, load())

@@ -93,9 +93,13 @@ __all__ = ["conv", "conv_transpose", "conv_grad", "get_memory_budget", "set_memo
 
 _DEFAULT_BUDGET = 256 * 2**20
 _BUDGET = _DEFAULT_BUDGET
-# Positions per chunk: about _CHUNK_ELEMS patch elements (1 MiB of float32, ~L2) and at least
-# _MIN_ROWS positions so that the GEMMs stay efficient. Tuned with benchmarks/engine.py.
-_CHUNK_ELEMS = 1 << 18
+# Positions per chunk: about _CHUNK_ELEMS patch elements (2 MiB of float32, ~L2) and at least
+# _MIN_ROWS positions so that the GEMMs stay efficient. Tuned with benchmarks/engine.py's shapes
+# (interleaved A/B, EPYC with 2 MiB L2 per core): 2 MiB rather than 1 halves the chunks, hence the
+# Python work per chunk that two threads serialise on the GIL -- 3-D 16 channels at 2 threads fwd
+# 0.41 -> 0.53 of GEMM, 3-D N2 C16 24^3 bwd 0.55 -> 0.77 (1 thread 0.59 -> 0.65); the 2-D shapes
+# move within the noise (+-0.04) at 1 and 2 threads; 4 MiB loses at 1 thread on 2-D backwards.
+_CHUNK_ELEMS = 1 << 19
 _MIN_ROWS = 256
 _FUSED_ROWS = 512           # backward chunks: each also adds a weight-sized partial
 # The budget is shared by up to _SLOTS chunks running at once (a constant of the machine, so that
@@ -405,7 +409,11 @@ def _chunks(n, box, per_pos, budget, min_rows=None, split=True):
 # big calls run their chunks on a thread pool, one chunk per thread at a time with single-threaded
 # BLAS (NumPy releases the GIL inside copies, ufuncs and matmul). Without it, for small calls, or
 # while another call holds the pool, chunks run one after the other with the caller's BLAS.
-_PAR_MIN_FLOPS = 2e7
+# Below _PAR_MIN_FLOPS the pool loses to that serial loop (per-chunk Python work serialised on the
+# GIL, thread wake-ups): measured at 2 threads, interleaved, 3e8 against 2e7 -- 226 MFLOP (3-D
+# N1 C32 16^3) 0.34 -> 0.44 of GEMM, 75 MFLOP (2-D N1 C32 64^2) 0.39 -> 0.59; at 382 MFLOP (3-D N2
+# C16 24^3) the pool already wins (0.81 against 0.57 serial).
+_PAR_MIN_FLOPS = 3e8
 _POOL = None                # (pid, size, ThreadPoolExecutor)
 _CTL = None
 _LOCK = threading.Lock()
@@ -473,15 +481,13 @@ def _run(work, tasks, workers):
 
 
 def _copy(dst, src, workers):
-    """``dst[...] = src`` for (N, C, ...) arrays, split over the worker threads."""
-    ax = 0 if dst.shape[0] >= 2 * workers else 1
-    if workers <= 1 or dst.shape[ax] < 2:
-        dst[...] = src
-        return
-    step = -(-dst.shape[ax] // (2 * workers))
-    sl = (slice(None),) * ax
-    _run(lambda i, a: dst.__setitem__(sl + (slice(a, a + step),), src[sl + (slice(a, a + step),)]),
-         [(a,) for a in range(0, dst.shape[ax], step)], workers)
+    """``dst[...] = src`` for (N, C, ...) arrays, in the calling thread. Measured on the 2-core
+    machine (2-core EPYC VM): splitting the copy over the 2 pool threads was slower at every size
+    from 0.5 to 32 MiB (e.g. 2 MiB 0.13 ms -> 0.31 ms, 8 MiB 0.59 -> 0.70 ms, 32 MiB 3.5 -> 4.1 ms):
+    one core already saturates the memory bandwidth and the pool's wake-up costs ~0.15 ms (in
+    the engine, interleaved A/B at 2 threads: equal or 2-6% faster on the large 2-D/3-D shapes).
+    ``workers`` is kept so that the call sites state the parallelism they could use."""
+    dst[...] = src
 
 
 # ------------------------------------------------------------------------------------- sources
@@ -760,11 +766,26 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
 
 
 # -------------------------------------------------------------------------------------- forward
-def _weights(weight, spec, kidx):
-    """weight (C_out, C_in/g, *k) -> (T, G, C_out/g, C_in/g) for the taps ``kidx``."""
+def _weights(weight, spec, kidx, transposed=False):
+    """weight (C_out, C_in/g, *k) -> (T, G, C_out/g, C_in/g) for the taps ``kidx`` (with
+    ``transposed``: (T, G, C_in/g, C_out/g)), as a view of the contiguous im2col weight matrix
+    (G, c_dst/g, T, c_src/g) that the GEMMs read. One strided copy (a run of taps is one slice):
+    the fancy-index copy plus the transposing copy it replaces cost ~1.6 ms per call for a
+    256x256x3x3 weight in the engine (measured), serially, while the whole 2-thread call takes ~16 ms."""
     G = spec.groups
-    w = weight.astype(spec.dtype, copy=False).reshape(G, spec.c_out // G, spec.c_in // G, -1)
-    return np.ascontiguousarray(w[..., list(kidx)].transpose(3, 0, 1, 2))
+    w = weight.reshape(G, spec.c_out // G, spec.c_in // G, -1)          # (G, C_out/g, C_in/g, K)
+    if transposed:
+        w = w.transpose(0, 2, 1, 3)
+    ks = [int(k) for k in kidx]
+    out = np.empty(w.shape[:2] + (len(ks), w.shape[2]), dtype=spec.dtype)   # (G, c_dst/g, T, c_src/g)
+    step = ks[1] - ks[0] if len(ks) > 1 else 1
+    if step and all(b - a == step for a, b in zip(ks, ks[1:])):
+        stop = ks[0] + step * len(ks)
+        out[...] = w[..., ks[0]:(stop if stop >= 0 else None):step].transpose(0, 1, 3, 2)
+    else:
+        for t, k in enumerate(ks):
+            out[:, :, t] = w[..., k]
+    return out.transpose(2, 0, 1, 3)
 
 
 def _flops(spec, plan=None):
@@ -830,7 +851,7 @@ def _transpose_jobs(gy, weight, spec, plan, how, workers, flat_ok=True):
         start = tuple(q0 - qo - qs * (c - 1) + f for (q0, _, _), qo, qs, c, f
                       in zip(fills, blk.qoff, blk.qstep, blk.counts, front))
         kidx = np.flip(blk.kidx).ravel()
-        wt = _weights(weight, spec, kidx).transpose(0, 1, 3, 2)        # (T, G, C_in/g, C_out/g)
+        wt = _weights(weight, spec, kidx, transposed=True)              # (T, G, C_in/g, C_out/g)
         jobs.append(_Job([_Taps(0, start, blk.qstep, blk.counts)], wt, box,
                          tuple(f[2] for f in fills), spec.stride, how,
                          how == "tap" or (flat_ok and how == "im2col" and _use_flat(box, grs, spec.c_in))))
@@ -871,7 +892,8 @@ def _backward(gy, x, weight, spec, plan, gb):
     G = spec.groups
     cgi, cgo = spec.c_in // G, spec.c_out // G
     if (not plan.blocks or _strategy(cgo, cgi, G) != "im2col" or _FORCE_MODE == "flat"
-            or not (_finite(weight) and _finite(gy) and _finite(x))):
+            # gb (the sums of gy, already computed) is finite only when gy is: one pass less
+            or not (_finite(weight) and _finite(gb) and _finite(x))):
         return _grad_input(gy, weight, spec, plan), _grad_weight(gy, x, spec, plan, gb)
     workers = _max_workers(_flops(spec, plan))
     split = _flops(spec, plan) >= _PAR_MIN_FLOPS
