@@ -365,7 +365,11 @@ def record(model, inputs: Sequence, *, meta: bool = True, train: bool = False, k
                                                               "leaky_relu", "hardswish", "hardsigmoid", "silu",
                                                               "mish")
                                                      and any(a is True for a in args[1:]))
-                out = x0 if inplace else torch.empty_like(x0)
+                out = x0 if inplace else (torch.empty(x0.shape, dtype=x0.dtype, device="meta")
+                                          if x0.is_contiguous() else torch.empty_like(x0))
+            elif meta and name in _ARITH and len(args) == 2 and not kwargs and \
+                    (out := _arith(name, args, torch)) is not None:
+                pass                                          # elementwise on meta: shape and dtype only
             elif meta and name in ("conv1d", "conv2d", "conv3d") and not kwargs and \
                     (shape := _conv_shape(args)) is not None:
                 out = torch.empty(shape, dtype=x0.dtype, device="meta")   # the meta kernel, ~10x cheaper
@@ -489,6 +493,28 @@ def record(model, inputs: Sequence, *, meta: bool = True, train: bool = False, k
             glb[fname] = fn
     g.finish_names()
     return g
+
+
+_ARITH = {"add", "sub", "mul", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+          "add_", "sub_", "mul_", "__iadd__", "__isub__", "__imul__"}
+
+
+def _arith(name, args, torch):
+    """``a + b`` (and -, *) on meta tensors without the Python reference kernel: the broadcast shape
+    and the promoted dtype; ``None`` where anything is unusual (then the real kernel runs)."""
+    a, b = args
+    ts = [t for t in (a, b) if isinstance(t, torch.Tensor)]
+    if not ts or any(t.device.type != "meta" for t in ts) or any(
+            not isinstance(t, (torch.Tensor, int, float)) or isinstance(t, bool) for t in (a, b)):
+        return None
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in ts))
+        dtype = torch.result_type(a, b)
+    except RuntimeError:
+        return None
+    if name.endswith("_") and not name.startswith("__") or name.startswith("__i"):
+        return a if isinstance(a, torch.Tensor) and tuple(a.shape) == tuple(shape) and a.dtype == dtype else None
+    return torch.empty(shape, dtype=dtype, device="meta")
 
 
 def _conv_shape(args) -> tuple | None:

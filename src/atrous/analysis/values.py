@@ -594,7 +594,10 @@ def union(vals: Sequence[Value], shape: tuple, node: str) -> Value:
     base = dep or list(vals)
     if not base:
         raise Unsupported("no tensor inputs")
-    dims = _broadcast_dims(dep, tuple(shape), node) if dep else [(O(n),) for n in shape]
+    shape = tuple(shape)
+    if len(dep) == 1 and tuple(dep[0].shape) == shape:      # an activation, a constant added: unchanged
+        return dep[0]
+    dims = _broadcast_dims(dep, shape, node) if dep else [(O(n),) for n in shape]
     tmp = Value(tuple(shape), tuple(tuple(d) for d in dims), base[0].full, base[0].local, base[0].whole)
     nd = base[0].ndim
     full, local, where = [], [], []
