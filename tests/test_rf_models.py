@@ -370,6 +370,55 @@ def test_example_tensors_as_input():
     assert (a.size, a.jump, a.start) == (b.size, b.jump, b.start) == ((7, 7), (1, 1), (0, 0))
 
 
+def _slots(model):
+    """Every (module, name) -> tensor slot of a model's parameters and buffers."""
+    return {(id(m), n): t for m in model.modules() for d in (m._parameters, m._buffers)
+            for n, t in d.items() if t is not None}
+
+
+def _assert_untouched(model, before, values):
+    after = _slots(model)
+    assert after.keys() == before.keys()
+    for k, t in before.items():
+        assert after[k] is t, f"slot {k[1]} now holds a different object ({type(after[k]).__name__} on "\
+                              f"{after[k].device})"
+        assert torch.equal(t, values[k]), f"slot {k[1]} changed value"
+
+
+@pytest.mark.parametrize("case", _params([c for c in R.CASES if not c.meta]))
+def test_analysis_leaves_the_model_untouched(case):
+    """The analysis swaps parameters for meta tensors while it records; every slot gets back the very
+    object it held (a module reached under two names, tied weights, parametrisations)."""
+    model = case.factory()
+    before = _slots(model)
+    values = {k: t.detach().clone() for k, t in before.items()}
+    try:
+        atrous.receptive_field(model, SHAPES(case))
+    except ValueError:
+        pass
+    _assert_untouched(model, before, values)
+
+
+def test_shared_module_and_tied_weights_restored():
+    """A module called from two places and registered under two names (``Sequential(conv, act, conv)``)
+    and a weight tied between two modules: same objects and same outputs after every analysis call."""
+    conv = nn.Conv2d(2, 2, 3, padding=1)
+    a, b = nn.Conv2d(2, 2, 3, padding=1), nn.Conv2d(2, 2, 3, padding=1)
+    b.weight = a.weight
+    model = nn.Sequential(conv, nn.ReLU(), conv, a, b)
+    x = torch.randn(1, 2, 8, 8)
+    y0 = model(x)
+    before = _slots(model)
+    values = {k: t.detach().clone() for k, t in before.items()}
+    rf = atrous.receptive_field(model, (1, 2, 8, 8))
+    assert rf.size == (9, 9)                      # four 3x3 convs: 1 + 4 * 2
+    atrous.receptive_fields(model, (1, 2, 8, 8))
+    atrous.cost(model, (1, 2, 8, 8))
+    _assert_untouched(model, before, values)
+    assert isinstance(model[0].weight, nn.Parameter) and model[0].weight.device.type == "cpu"
+    assert torch.equal(model(x), y0)
+
+
 @pytest.mark.slow                        # a subprocess importing torch: ~2-8 s
 def test_huge_input_costs_nothing():
     """Shapes travel on meta tensors: a 100000 x 100000 input must not be allocated (run under a 3 GiB

@@ -611,32 +611,36 @@ class _mode:
 
 
 class _params_on_meta:
-    """Swap a model's parameters and buffers for meta tensors during a run (nothing if already meta)."""
+    """Swap a model's parameters and buffers for meta tensors during a run (nothing if already meta).
+
+    Each ``(module, name)`` slot is swapped and restored on its own, so a module reached under two
+    names (one ``conv`` called from two places) or a tensor tied between modules gets back exactly
+    the object it held; one meta tensor stands for each original tensor, so ties are kept."""
 
     def __init__(self, model, meta: bool):
-        self.model, self.meta, self.ctx = model, meta, None
+        self.model, self.meta = model, meta
+        self.saved: list = []
 
     def __enter__(self):
         import torch
         if not self.meta:
             return
-        named = list(self.model.named_parameters(remove_duplicate=False)) + \
-            list(self.model.named_buffers(remove_duplicate=False))
-        if all(t.device.type == "meta" for _, t in named):
+        mods = list(self.model.modules())          # each module once, however many names reach it
+        slots = [(d, n, t) for m in mods for d in (m._parameters, m._buffers)
+                 for n, t in d.items() if isinstance(t, torch.Tensor)]
+        if all(t.device.type == "meta" for *_, t in slots):
             return
-        from torch.nn.utils.stateless import _reparametrize_module
-        fake = {}
-        seen: dict = {}
-        for n, t in named:
-            if id(t) not in seen:
-                seen[id(t)] = torch.empty_like(t, device="meta")
-            fake[n] = seen[id(t)]
-        self.ctx = _reparametrize_module(self.model, fake)
-        self.ctx.__enter__()
+        fake: dict = {}
+        for d, n, t in slots:
+            if id(t) not in fake:
+                fake[id(t)] = torch.empty_like(t, device="meta")
+            self.saved.append((d, n, t))
+            d[n] = fake[id(t)]
 
     def __exit__(self, *exc):
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
+        for d, n, t in reversed(self.saved):
+            d[n] = t
+        self.saved = []
 
 
 def torch_inputs(model, input_shape, meta: bool = True) -> tuple[list, tuple]:
