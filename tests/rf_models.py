@@ -769,6 +769,13 @@ class MobileViT(nn.Module):
         return self.head(self.block(self.stem(x)))
 
 
+def mobilevit_valid_stem(device=None):
+    """MobileViT behind an unpadded stride-2 stem: on 34 pixels the stem reads 0..32, never 33."""
+    m = MobileViT()
+    m.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 2), nn.BatchNorm2d(8), nn.SiLU())
+    return m
+
+
 # ----------------------------------------------------------------------------------------------
 # Normalisation over positions: GroupNorm, functional group_norm, InstanceNorm, LayerNorm over
 # (C, H, W) and over W only
@@ -1155,7 +1162,9 @@ class Case:
     ``meta``: build on torch.device('meta') for the analysis (the oracle uses a CPU twin);
     ``at``: [(at, oracle submodule/node)] checks of ``receptive_field(..., at=...)``;
     ``names``: {regex: count} of ``receptive_fields`` keys;
-    ``slow``: keep out of the default run.
+    ``slow``: keep out of the default run;
+    ``glob``: expected ``global_at`` set per axis when it differs from ``whole`` (a global op whose
+    input reads only part of the input: the field is one interval for every output, not the whole).
     """
 
     name: str
@@ -1174,6 +1183,7 @@ class Case:
     at: list = field(default_factory=list)
     names: dict | None = None
     slow: bool = False
+    glob: tuple | None = None
 
     @property
     def ndim(self) -> int:
@@ -1281,6 +1291,17 @@ CASES = [
     Case("focus_stem", lambda device=None: Focus(), (1, 3, 32, 32),
          closed_form={"size": (6, 6), "jump": (2, 2), "start": (0.5, 0.5)}),
     Case("pixel_shuffle_head", lambda device=None: PixelShuffleHead(), (1, 3, 32, 32)),
+    # --- global ops over tensors that read only part of the input (valid strided stems, the zoo's
+    # SqueezeNet/Inception at 224): the padding a later conv reads is no input position ----------
+    Case("valid_stem_global_pool", lambda device=None: nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.MaxPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        (1, 3, 20, 20), whole=(False, False), glob=BOTH,
+        closed_form={"size": (19, 19), "jump": (0, 0)}),
+    Case("mobilevit_valid_stem", mobilevit_valid_stem, (1, 3, 34, 34), whole=(False, False), glob=BOTH),
+    Case("dilated_pad_then_subsample_global", lambda device=None: nn.Sequential(
+        nn.Conv1d(1, 2, 3, dilation=2, padding=2), nn.Conv1d(2, 2, 1, stride=2), nn.AdaptiveAvgPool1d(1)),
+        (1, 1, 10), whole=(False,), glob=(True,), closed_form={"size": (9,), "jump": (0,)}),
     # --- refusals -------------------------------------------------------------------------------
     Case("gru_head", lambda device=None: RecurrentHead("gru"), (1, 4, 32), error=r"(?i)\bGRU\b"),
     Case("lstm_head", lambda device=None: RecurrentHead("lstm"), (1, 4, 32), error=r"(?i)\bLSTM\b"),

@@ -388,7 +388,15 @@ def test_functional_conv_and_global_mean():
     rf = atrous.receptive_fields(Fn(), (1, 1, 16, 16))
     conv = rf["conv2d"]
     assert conv.size == (3, 5) and conv.jump == (2, 2)
-    assert rf["mean"].whole_input == (True, True)
+    # axis 1: outputs read 2o-1, 2o+1, 2o+3 -- odd columns 1..15 only: column 0 is padding's neighbour,
+    # never read, so the mean depends on columns 1..15, not on the whole input (gradient support below)
+    assert rf["mean"].whole_input == (True, False)
+    assert rf["mean"].span(0) == ((0, 15), (1, 15))
+    x = torch.randn(1, 1, 16, 16, dtype=torch.float64, requires_grad=True)
+    m = Fn().double()
+    m(x)[1].sum().backward()
+    cols = (x.grad[0, 0] != 0).any(dim=0).nonzero().flatten()
+    assert (int(cols.min()), int(cols.max())) == (1, 15)
 
 
 def test_data_dependent_control_flow_is_refused_by_name():

@@ -134,7 +134,7 @@ def test_global_at(case):
     rf = _analysed(case)
     ga = tuple(rf.global_at)
     assert len(ga) == case.ndim
-    for ax, w in enumerate(_whole(case)):
+    for ax, w in enumerate(case.glob if case.glob is not None else _whole(case)):
         if w:
             assert isinstance(ga[ax], str) and ga[ax], f"axis {ax} is whole but global_at is {ga[ax]!r}"
         else:
@@ -497,3 +497,35 @@ def _check_random_stack(spec, dim, data):
     idx = [tuple(data.draw(st.integers(0, n - 1)) for n in out_sp) for _ in range(2)]
     rf = atrous.receptive_field(net, shape)
     bf.assert_field_matches(net, shape, idx, rf=rf)
+
+
+@hsettings(max_examples=10)
+@given(spec=st.lists(_layer, min_size=1, max_size=4), dim=st.sampled_from([1, 2]), size=st.integers(9, 41))
+def test_random_stacks_then_global_pool_match_bruteforce(spec, dim, size):
+    _check_random_global(spec, dim, size)
+
+
+@pytest.mark.slow
+@hsettings(max_examples=150)
+@given(spec=st.lists(_layer, min_size=1, max_size=6), dim=st.sampled_from([1, 2]), size=st.integers(9, 41))
+def test_random_stacks_then_global_pool_match_bruteforce_many(spec, dim, size):
+    _check_random_global(spec, dim, size)
+
+
+def _check_random_global(spec, dim, size):
+    """A global average pool over a random stack at any input size: the field is the interval the
+    stack's outputs really read (strides that drop the last rows, padding read at the border),
+    exactly the brute-force support -- whole only when every input position is read."""
+    net = _stack(spec, dim)
+    shape = (1, 1) + (size,) * dim
+    try:
+        out_sp = bf.output_spatial_shape(net, shape)
+    except RuntimeError:
+        return
+    if min(out_sp) < 1:
+        return
+    net = nn.Sequential(*net, nn.AdaptiveAvgPool1d(1) if dim == 1 else nn.AdaptiveAvgPool2d(1))
+    rf = atrous.receptive_field(net, shape)
+    got = bf.bruteforce_span(net, shape, (0,) * dim)
+    assert rf.span(0) == got, (rf.span(0), got)
+    assert rf.whole_input == tuple(g == (0, size - 1) for g in got)

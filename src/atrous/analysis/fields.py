@@ -13,7 +13,8 @@ positions ``taps[phi] + m*b``" (:class:`TapMap`; ``a = 1`` for a convolution or 
 * ``None`` -- the tensor does not depend on the input along this axis (a parameter, a constant).
 
 Composition (:func:`apply`) and union (:func:`union`) are exact. The input is taken as unbounded:
-fields are not clipped at the borders (they may reach into padding). Pure Python, no torch.
+fields are not clipped at the borders (they may reach into padding); :func:`bounded_apply` replays a
+map with the real extents. No torch.
 
 >>> f = apply(IDENTITY, conv_map(3, 1, 2, 2))        # k=3, stride 1, dilation 2, padding 2
 >>> f.at(0), f.at(5)
@@ -31,8 +32,9 @@ from typing import Sequence
 
 from .. import geometry as geo
 
-__all__ = ["TapMap", "Periodic", "Const", "IDENTITY", "apply", "union", "hull", "equal", "positionwise", "conv_map",
-           "transpose_map", "mix_factor_map", "drop_factor_map", "index_to_coord", "FieldError"]
+__all__ = ["TapMap", "Periodic", "Const", "IDENTITY", "apply", "union", "hull", "bounded_apply", "equal",
+           "positionwise", "conv_map", "transpose_map", "mix_factor_map", "drop_factor_map", "index_to_coord",
+           "FieldError"]
 
 
 class FieldError(ValueError):
@@ -144,6 +146,27 @@ def positionwise(spans: list):
     if not spans:
         return None
     return Periodic(len(spans), 0, tuple(s and s[0] for s in spans), tuple(s and s[1] for s in spans), len(spans))
+
+
+def bounded_apply(lo, hi, t: TapMap, n_out: int):
+    """Spans position by position with real extents: output ``q < n_out`` reads the input positions of
+    its taps that lie in ``[0, len(lo))`` only (a tap in padding reads nothing). ``lo``/``hi``: int64
+    arrays of the input's spans (``lo > hi``: sees nothing); returns the output's."""
+    import numpy as np
+    n_in = len(lo)
+    big = np.iinfo(np.int64).max // 4
+    out_lo, out_hi = np.full(n_out, big, dtype=np.int64), np.full(n_out, -big, dtype=np.int64)
+    for phi in range(min(t.a, n_out)):
+        o = np.arange(phi, n_out, t.a)
+        m = (o - phi) // t.a
+        for q in t.taps[phi]:
+            j = q + m * t.b
+            ok = (j >= 0) & (j < n_in)
+            if ok.any():
+                oo, jj = o[ok], j[ok]
+                out_lo[oo] = np.minimum(out_lo[oo], lo[jj])
+                out_hi[oo] = np.maximum(out_hi[oo], hi[jj])
+    return out_lo, out_hi
 
 
 def hull(f, n: int | None):

@@ -235,8 +235,9 @@ def _covers(f: Periodic, whole, count) -> bool:
     return all(s is not None and s[0] <= whole[0] and s[1] >= whole[1] for s in (f.at(q) for q in range(count)))
 
 
-def _axis_result(f, whole, n, count=None, glob=False):
-    """(size, jump, start, padding, period, shift, phases, empty, whole_input) of one axis."""
+def _axis_result(f, whole, n, count=None, glob=False, reach=None):
+    """(size, jump, start, padding, period, shift, phases, empty, whole_input) of one axis; ``reach``:
+    the input interval the tensor really reads (:func:`atrous.analysis.values.reach`), if known."""
     if isinstance(f, Periodic):
         spans = [None if lo is None else (lo, hi) for lo, hi in zip(f.lo, f.hi)]
         sizes = [s[1] - s[0] + 1 for s in spans if s is not None]
@@ -244,7 +245,8 @@ def _axis_result(f, whole, n, count=None, glob=False):
         return (max(sizes) if sizes else 0, _num(f.jump),
                 None if s0 is None else _num(Fraction(s0[0] + s0[1], 2)), None if s0 is None else -s0[0],
                 f.P, f.J, tuple(spans), tuple(i for i, s in enumerate(spans) if s is None),
-                bool(glob) and _covers(f, whole, count))
+                bool(glob) and _covers(f, whole, count) and (
+                    reach is None or (reach.lo <= whole[0] and reach.hi >= whole[1])))
     if isinstance(f, Const):
         is_whole = whole is not None and f.lo <= whole[0] and f.hi >= whole[1]
         lo, hi = (whole if is_whole else (f.lo, f.hi))
@@ -252,9 +254,12 @@ def _axis_result(f, whole, n, count=None, glob=False):
     return (0, 0, None, None, 1, 0, (None,), (0,), False)
 
 
-def _make_rf(fields_, whole, sizes, name, notes, where, local=None, last=None, counts=None) -> ReceptiveField:
+def _make_rf(fields_, whole, sizes, name, notes, where, local=None, last=None, counts=None, v=None
+             ) -> ReceptiveField:
     counts = counts or (None,) * len(fields_)
-    cols = list(zip(*[_axis_result(f, w, n, c, g) for f, w, n, c, g in zip(fields_, whole, sizes, counts, where)]))
+    reach = [V.reach(v, k) if v is not None and g else None for k, g in enumerate(where)]
+    cols = list(zip(*[_axis_result(f, w, n, c, g, r)
+                      for f, w, n, c, g, r in zip(fields_, whole, sizes, counts, where, reach)]))
     if not cols:
         cols = [()] * 9
     return ReceptiveField(*[tuple(c) for c in cols], name=name, notes=tuple(notes), last_spatial=last,
@@ -342,7 +347,7 @@ def field_of(g, vals: dict, t: int, name: str | None = None) -> ReceptiveField:
     last = None
     if not all(isinstance(f, Periodic) for f in full) or any(v.where):
         last = _last_spatial(g, vals, t)
-    return _make_rf(full, v.whole, g.sizes, nm, notes, v.where, local, last, counts)
+    return _make_rf(full, v.whole, g.sizes, nm, notes, v.where, local, last, counts, v)
 
 
 def _last_spatial(g, vals, t) -> ReceptiveField | None:
@@ -355,7 +360,7 @@ def _last_spatial(g, vals, t) -> ReceptiveField | None:
         if v is not None and v.local and not v.llossy and all(isinstance(f, Periodic) for f in v.local):
             full, loc, counts = V.position_fields(v)
             local = _make_rf(loc, v.whole, g.sizes, n.name, (), (None,) * v.ndim)
-            return _make_rf(full, v.whole, g.sizes, n.name, v.notes, v.where, local, counts=counts)
+            return _make_rf(full, v.whole, g.sizes, n.name, v.notes, v.where, local, counts=counts, v=v)
     return None
 
 

@@ -14,15 +14,18 @@ only move labels; convolutions apply tap maps to one factor; ops that mix dimens
 reductions, statistics) mix the factors those dimensions hold. Anything that cannot be followed
 exactly raises :class:`Unsupported` with the reason; the graph adds the node's name.
 
-Pure Python; the torch side lives in :mod:`atrous.analysis.graph` and :mod:`atrous.analysis.rules`.
+Pure Python and NumPy; the torch side lives in :mod:`atrous.analysis.graph` and :mod:`atrous.analysis.rules`.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import NamedTuple, Sequence
+
+import numpy as np
 
 from . import fields as fl
 from .fields import Const, FieldError, Periodic, TapMap
@@ -68,12 +71,14 @@ class Expr:
 @dataclass(frozen=True, eq=False)
 class EInput(Expr):
     index: int
+    sizes: tuple = ()    # per axis: the input's extent
 
 
 @dataclass(frozen=True, eq=False)
 class EApply(Expr):
     src: Expr
     maps: tuple          # per axis: TapMap or None
+    sizes: tuple = ()    # per axis: the result's extent (None: unknown)
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +90,8 @@ class EUnion(Expr):
 @dataclass(frozen=True, eq=False)
 class EOpaque(Expr):
     why: str
+    src: Expr | None = None     # with ``axes``: only those axes were mixed; the others replay from src
+    axes: tuple = ()
 
 
 # ------------------------------------------------------------------------------------------ value
@@ -116,7 +123,7 @@ class Value:
         dims = [(Factor("b", shape[0]),), (C(shape[1]),)] + [(S(n, k),) for k, n in enumerate(shape[2:])]
         ident = (fl.IDENTITY,) * nd
         return Value(tuple(shape), tuple(dims), ident, ident, tuple((0, n - 1) if n else None for n in sizes),
-                     (None,) * nd, EInput(index))
+                     (None,) * nd, EInput(index, tuple(sizes)))
 
     @staticmethod
     def constant(shape: tuple, whole: tuple) -> Value:
@@ -204,11 +211,87 @@ def _hull(v: Value, f, axis: int, n):
         c = fl.hull(f, n)
     except FieldError as e:
         raise Unsupported(str(e)) from None
+    if isinstance(c, Const) and isinstance(f, Periodic) and (f is v.full[axis] or f is v.local[axis]):
+        r = reach(v, axis)       # the hull of unbounded spans counts padding that no real position reads
+        if r is not None and max(c.lo, r.lo) <= min(c.hi, r.hi):
+            c = Const(max(c.lo, r.lo), min(c.hi, r.hi))
     if isinstance(c, Const) and v.whole[axis] is not None:
         lo, hi = v.whole[axis]
         if c.lo <= lo and c.hi >= hi:
             return Const(lo, hi)
     return c
+
+
+class _NoReplay(Exception):
+    pass
+
+
+_REPLAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def reach(v: Value, axis: int) -> Const | None:
+    """The input positions the tensor's positions ``0 .. n-1`` really read on ``axis``, as an interval.
+
+    Fields are unbounded (a span may reach into padding); their hull over all positions can then
+    claim input positions that no element depends on (a valid stride-2 conv drops the last row, a
+    padded conv after it reaches past it). This replays the tensor's build (``v.expr``) position by
+    position with the real extents, where a tap in padding reads nothing. ``None`` when the build
+    cannot be replayed exactly (an opaque step, unknown extents) or the replay does not reproduce
+    ``v.full[axis]`` (then the field was built another way)."""
+    f = v.full[axis]
+    if v.expr is None or not isinstance(f, Periodic):
+        return None
+    try:
+        u, lo, hi = _replay(v.expr, axis)
+    except (_NoReplay, FieldError):
+        return None
+    if len(lo) != v.extent(axis) or not fl.equal(u, f):
+        return None
+    ok = lo <= hi
+    if not ok.any():
+        return None
+    return Const(int(lo[ok].min()), int(hi[ok].max()))
+
+
+def _replay(e: Expr, k: int):
+    """``(unbounded field, lo, hi)`` of expression ``e`` on axis ``k``; memoised per expression."""
+    memo = _REPLAYS.setdefault(e, {})
+    if k in memo:
+        got = memo[k]
+        if got is None:
+            raise _NoReplay
+        return got
+    memo[k] = None
+    if isinstance(e, EInput):
+        n = e.sizes[k] if k < len(e.sizes) else None
+        if not n:
+            raise _NoReplay
+        idx = np.arange(n, dtype=np.int64)
+        got = (fl.IDENTITY, idx, idx)
+    elif isinstance(e, EApply):
+        u, lo, hi = _replay(e.src, k)
+        t = e.maps[k]
+        n = e.sizes[k] if k < len(e.sizes) else None
+        if n is None:
+            raise _NoReplay
+        if t is None:
+            if n != len(lo):
+                raise _NoReplay
+            got = (u, lo, hi)
+        else:
+            got = (fl.apply(u, t),) + fl.bounded_apply(lo, hi, t, n)
+    elif isinstance(e, EOpaque) and e.src is not None and k not in e.axes:
+        got = _replay(e.src, k)
+    elif isinstance(e, EUnion):
+        parts = [_replay(s, k) for s in e.srcs]
+        if len({len(p[1]) for p in parts}) != 1:
+            raise _NoReplay
+        got = (fl.union([p[0] for p in parts], e.where),
+               np.minimum.reduce([p[1] for p in parts]), np.maximum.reduce([p[2] for p in parts]))
+    else:
+        raise _NoReplay
+    memo[k] = got
+    return got
 
 
 def _canon(fs: tuple) -> tuple:
@@ -264,7 +347,15 @@ def apply_maps(v: Value, maps: Sequence, dims: tuple | None = None, shape: tuple
                       expr=EApply(v.expr, tuple(maps)) if v.expr is not None else None)
     if dims is not None:
         out = replace(out, dims=tuple(dims), shape=tuple(shape))
-    return out
+    return _sized(out)
+
+
+def _sized(v: Value) -> Value:
+    """Record the result's extents in a fresh :class:`EApply` (for :func:`reach`)."""
+    e = v.expr
+    if isinstance(e, EApply) and not e.sizes:
+        v = replace(v, expr=EApply(e.src, e.maps, tuple(v.extent(k) for k in range(v.ndim))))
+    return v
 
 
 def relabel(v: Value, dims, shape) -> Value:
@@ -401,6 +492,7 @@ def mix(v: Value, dims: Sequence[int], kind: str, node: str, remove: bool = Fals
     new_dims = [list(d) for d in v.dims]
     maps_full: list = [None] * v.ndim
     opaque = None
+    whole_axes: list = []
     notes = v.notes
     for k in range(v.ndim):
         fac = v.factors(k)
@@ -414,6 +506,7 @@ def mix(v: Value, dims: Sequence[int], kind: str, node: str, remove: bool = Fals
             if kind != "stat":          # a global mix or reduction is not a local path
                 local[k] = None
                 opaque = f"{node} mixes every position of spatial axis {k}"
+                whole_axes.append(k)
             continue
         ts = []
         if remove:
@@ -435,6 +528,7 @@ def mix(v: Value, dims: Sequence[int], kind: str, node: str, remove: bool = Fals
             maps_full[k] = ts[0]
         else:
             opaque = opaque or f"{node} mixes several factors of spatial axis {k}"
+            whole_axes.append(None)          # opaque on every axis
     lossy, llossy = v.lossy, v.llossy
     xs = [d for d, fs in enumerate(v.dims) for f in fs if f.kind == "x"]
     if lossy and xs and all(d in dims for d in xs):
@@ -458,11 +552,14 @@ def mix(v: Value, dims: Sequence[int], kind: str, node: str, remove: bool = Fals
             new_dims = _remult(new_dims, k)
     expr = v.expr
     if expr is not None:
-        expr = EOpaque(opaque) if opaque else (EApply(expr, tuple(maps_full))
-                                               if any(t is not None for t in maps_full) else expr)
+        if opaque and None not in whole_axes and not any(t is not None for t in maps_full):
+            expr = EOpaque(opaque, expr, tuple(whole_axes))       # the other axes are untouched
+        else:
+            expr = EOpaque(opaque) if opaque else (EApply(expr, tuple(maps_full))
+                                                   if any(t is not None for t in maps_full) else expr)
     out = replace(v, dims=tuple(tuple(d) for d in new_dims), shape=tuple(shape), full=tuple(full),
                   local=tuple(local), where=tuple(where), expr=expr, lossy=lossy, llossy=llossy, notes=notes)
-    return _finish(out)
+    return _finish(_sized(out))
 
 
 def drop_dim(v: Value, dim: int, node: str, new: Sequence[Factor], size: int, kind: str = "mix") -> Value:
