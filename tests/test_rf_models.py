@@ -529,3 +529,14 @@ def _check_random_global(spec, dim, size):
     got = bf.bruteforce_span(net, shape, (0,) * dim)
     assert rf.span(0) == got, (rf.span(0), got)
     assert rf.whole_input == tuple(g == (0, size - 1) for g in got)
+
+
+def test_reach_limit_is_stated_in_notes(monkeypatch):
+    """Above REACH_LIMIT positions the border is not replayed one by one, and the notes say so."""
+    from atrous.analysis import values as V
+    case = R.CASES_BY_NAME["valid_stem_global_pool"]
+    rf = atrous.receptive_field(case.factory(), case.input_shape)
+    assert rf.size == (19, 19) and not any("replayed" in n for n in rf.notes)
+    monkeypatch.setattr(V, "REACH_LIMIT", 16)
+    rf = atrous.receptive_field(case.factory(), case.input_shape)
+    assert rf.size == (20, 20) and sum("not replayed one by one" in n for n in rf.notes) == 2

@@ -227,6 +227,7 @@ class _NoReplay(Exception):
 
 
 _REPLAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+REACH_LIMIT = 1 << 22        # positions per axis replayed by :func:`reach` (arrays of this length)
 
 
 def reach(v: Value, axis: int) -> Const | None:
@@ -236,8 +237,9 @@ def reach(v: Value, axis: int) -> Const | None:
     claim input positions that no element depends on (a valid stride-2 conv drops the last row, a
     padded conv after it reaches past it). This replays the tensor's build (``v.expr``) position by
     position with the real extents, where a tap in padding reads nothing. ``None`` when the build
-    cannot be replayed exactly (an opaque step, unknown extents) or the replay does not reproduce
-    ``v.full[axis]`` (then the field was built another way)."""
+    cannot be replayed exactly (an opaque step, unknown extents, more than :data:`REACH_LIMIT`
+    input positions) or the replay does not reproduce ``v.full[axis]`` (the field was built another
+    way)."""
     f = v.full[axis]
     if v.expr is None or not isinstance(f, Periodic):
         return None
@@ -264,7 +266,7 @@ def _replay(e: Expr, k: int):
     memo[k] = None
     if isinstance(e, EInput):
         n = e.sizes[k] if k < len(e.sizes) else None
-        if not n:
+        if not n or n > REACH_LIMIT:
             raise _NoReplay
         idx = np.arange(n, dtype=np.int64)
         got = (fl.IDENTITY, idx, idx)
