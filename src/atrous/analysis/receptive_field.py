@@ -244,7 +244,7 @@ def _axis_result(f, whole, n, count=None, glob=False, reach=None):
         s0 = spans[0]
         return (max(sizes) if sizes else 0, _num(f.jump),
                 None if s0 is None else _num(Fraction(s0[0] + s0[1], 2)), None if s0 is None else -s0[0],
-                f.P, f.J, tuple(spans), tuple(i for i, s in enumerate(spans) if s is None),
+                f.P, f.J, tuple(spans), tuple(i for i, s in enumerate(spans) if s is None and (not count or i < count)),
                 bool(glob) and _covers(f, whole, count) and (
                     reach is None or (reach.lo <= whole[0] and reach.hi >= whole[1])))
     if isinstance(f, Const):

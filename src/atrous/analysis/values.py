@@ -619,7 +619,11 @@ def taps(v: Value, dim: int, t: TapMap, out_size: int | None, what: str, node: s
     new = out.full[f.axis]
     if isinstance(new, Periodic) and any(lo is None for lo in new.lo) and not (
             isinstance(v.full[f.axis], Periodic) and any(lo is None for lo in v.full[f.axis].lo)):
-        empty = [o for o, lo in enumerate(new.lo) if lo is None]
+        n_out = out.extent(f.axis)
+        empty = [o for o, lo in enumerate(new.lo) if lo is None and (n_out is None or o < n_out)]
+    else:
+        empty = []
+    if empty:
         out = out.add_note(f"{node or what}: on spatial axis {f.axis} outputs o with o % {new.P} in {empty} "
                            "receive no input (empty field)")
     return out
