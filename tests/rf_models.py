@@ -769,6 +769,48 @@ class MobileViT(nn.Module):
         return self.head(self.block(self.stem(x)))
 
 
+class _MeanGate(nn.Module):
+    """A squeeze-excitation gate: ``x * sigmoid(fc(mean over positions))``."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.fc = nn.Conv1d(c, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean(2, keepdim=True)))
+
+
+class _PyramidPool(nn.Module):
+    """PSPNet's pooling branch next to the feature map: global pool, 1x1 conv, upsample, concatenate."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 1)
+        self.fuse = nn.Conv2d(2 * c, c, 1)
+
+    def forward(self, x):
+        g = F.interpolate(self.conv(F.adaptive_avg_pool2d(x, 1)), size=x.shape[2:], mode="bilinear",
+                          align_corners=False)
+        return self.fuse(torch.cat([x, g], 1))
+
+
+class GMean(nn.Module):
+    def forward(self, x):
+        return x.mean(2)
+
+
+class _CatGrids(nn.Module):
+    """Two branches on different grids (strides 3 and 4 through two convs) concatenated, then a mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv1d(1, 1, 1, 3)
+        self.b = nn.Sequential(nn.Conv1d(1, 1, 2, 2, 1), nn.Conv1d(1, 1, 1, 2))
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], 1).mean(2)
+
+
 def mobilevit_valid_stem(device=None):
     """MobileViT behind an unpadded stride-2 stem: on 34 pixels the stem reads 0..32, never 33."""
     m = MobileViT()
@@ -1298,6 +1340,17 @@ CASES = [
         nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
         (1, 3, 20, 20), whole=(False, False), glob=BOTH,
         closed_form={"size": (19, 19), "jump": (0, 0)}),
+    Case("gate_after_dropped_rows", lambda device=None: nn.Sequential(
+        nn.Conv1d(1, 2, 3, stride=2), nn.Conv1d(2, 2, 3, padding=1), _MeanGate(2)),
+        (1, 1, 8), whole=(False,), glob=(True,), closed_form={"size": (7,), "span": {0: ((0, 6),), 2: ((0, 6),)}}),
+    Case("pyramid_pool_after_dropped_rows", lambda device=None: nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2), _PyramidPool(4)),
+        (1, 3, 18, 18), whole=(False, False), glob=BOTH, closed_form={"size": (17, 17)}),
+    Case("cat_of_grids_then_mean", lambda device=None: nn.Sequential(nn.Conv1d(1, 1, 3, 3), _CatGrids()),
+         (1, 1, 13), whole=(False,), glob=(True,), closed_form={"size": (12,)}),
+    Case("reads_only_padding_then_mean", lambda device=None: nn.Sequential(
+        nn.Conv1d(1, 1, 1, stride=4), nn.Conv1d(1, 1, 5, stride=2, padding=5, dilation=2), GMean()),
+        (1, 1, 4), whole=(False,), glob=(True,), closed_form={"size": (0,)}),
     Case("mobilevit_valid_stem", mobilevit_valid_stem, (1, 3, 34, 34), whole=(False, False), glob=BOTH),
     Case("dilated_pad_then_subsample_global", lambda device=None: nn.Sequential(
         nn.Conv1d(1, 2, 3, dilation=2, padding=2), nn.Conv1d(2, 2, 1, stride=2), nn.AdaptiveAvgPool1d(1)),

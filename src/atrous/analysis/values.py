@@ -213,6 +213,8 @@ def _hull(v: Value, f, axis: int, n):
         raise Unsupported(str(e)) from None
     if isinstance(c, Const) and isinstance(f, Periodic) and (f is v.full[axis] or f is v.local[axis]):
         r = reach(v, axis)       # the hull of unbounded spans counts padding that no real position reads
+        if r is NOTHING:
+            return None
         if r is not None and max(c.lo, r.lo) <= min(c.hi, r.hi):
             c = Const(max(c.lo, r.lo), min(c.hi, r.hi))
     if isinstance(c, Const) and v.whole[axis] is not None:
@@ -228,6 +230,7 @@ class _NoReplay(Exception):
 
 _REPLAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 REACH_LIMIT = 1 << 22        # positions per axis replayed by :func:`reach` (arrays of this length)
+NOTHING = Const(0, -1)       # :func:`reach` of a tensor whose positions read only padding
 
 
 def reach(v: Value, axis: int) -> Const | None:
@@ -239,7 +242,7 @@ def reach(v: Value, axis: int) -> Const | None:
     position with the real extents, where a tap in padding reads nothing. ``None`` when the build
     cannot be replayed exactly (an opaque step, unknown extents, more than :data:`REACH_LIMIT`
     input positions) or the replay does not reproduce ``v.full[axis]`` (the field was built another
-    way)."""
+    way). :data:`NOTHING` when no position reads any input position."""
     f = v.full[axis]
     if v.expr is None or not isinstance(f, Periodic):
         return None
@@ -251,7 +254,7 @@ def reach(v: Value, axis: int) -> Const | None:
         return None
     ok = lo <= hi
     if not ok.any():
-        return None
+        return NOTHING
     return Const(int(lo[ok].min()), int(hi[ok].max()))
 
 
@@ -288,7 +291,7 @@ def _replay(e: Expr, k: int):
         parts = [_replay(s, k) for s in e.srcs]
         if len({len(p[1]) for p in parts}) != 1:
             raise _NoReplay
-        got = (fl.union([p[0] for p in parts], e.where),
+        got = (fl.union([p[0] for p in parts], e.where, None, len(parts[0][1])),
                np.minimum.reduce([p[1] for p in parts]), np.maximum.reduce([p[2] for p in parts]))
     else:
         raise _NoReplay
@@ -830,10 +833,29 @@ def _union_or_merge(fs: list, node: str, whole, lossy: list, vals: list, k: int,
     try:
         return fl.union(fs, node, whole, n)
     except FieldError as e:
+        c = _absorbed(fs, vals, k)
+        if c is not None:
+            return c
         if not any(lossy):
             raise Unsupported(str(e)) from None
     return fl.union([_hull(v, f, k, v.extent(k)) if isinstance(f, Periodic) else f for v, f in zip(vals, fs)],
                     node, whole)
+
+
+def _absorbed(fs: list, vals: list, k: int) -> Const | None:
+    """A fixed interval (a global branch: pyramid pooling, a gate) joined to position-dependent
+    fields that read only inside it: every position then sees exactly that interval. ``None``
+    unless each position-dependent operand's real reach (:func:`reach`) is inside it."""
+    consts = [f for f in fs if isinstance(f, Const)]
+    if not consts:
+        return None
+    c = Const(min(f.lo for f in consts), max(f.hi for f in consts))
+    for v, f in zip(vals, fs):
+        if isinstance(f, Periodic):
+            r = reach(v, k) if f is v.full[k] or f is v.local[k] else None
+            if r is None or (r is not NOTHING and (r.lo < c.lo or r.hi > c.hi)):
+                return None
+    return c
 
 
 def _every_span_whole(v: Value, f, k: int, none_ok: bool = False) -> bool:
