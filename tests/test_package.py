@@ -38,3 +38,24 @@ def test_lint_clean():
     out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks"],
                          capture_output=True, text=True, cwd=root)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dependencies_point_downward():
+    """Nothing under analysis/, nn/, compare/ imports the command-line front end (DESIGN.md): they
+    raise ``atrous._errors.CLIError``; ``cli.py`` imports them, never the reverse."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(atrous.__file__).parent
+    bad = []
+    for sub in ("analysis", "nn", "compare"):
+        for path in sorted((root / sub).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""] + [a.name for a in node.names]
+                    if (node.level and node.module == "cli") or node.module == "atrous.cli" or (
+                            node.level == 2 and not node.module and "cli" in names):
+                        bad.append(f"{path.relative_to(root)}:{node.lineno}")
+                elif isinstance(node, ast.Import) and any(a.name == "atrous.cli" for a in node.names):
+                    bad.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not bad, f"upward imports of atrous.cli: {bad}"

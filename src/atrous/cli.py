@@ -12,16 +12,13 @@ import importlib
 import sys
 
 from . import __version__
+from ._errors import CLIError  # noqa: F401 -- re-exported: atrous.cli.CLIError
 
 # module -> registers one or more subcommands
 _COMMAND_MODULES = (
     "atrous.analysis.commands",   # rf, design, show
     "atrous.compare.commands",    # compare
 )
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,8 @@ import os
 import re
 import sys
 
+from .._errors import CLIError
+
 EXAMPLES_RF = """\
 examples:
   atrous rf --layers k3d1,k3d2,k3d4,k3d8
@@ -36,11 +38,6 @@ examples:
 
 _TOKEN = re.compile(r"([a-z])(same|valid|causal|full|\d+(?:x\d+)*)")
 _LETTERS = {"k": "kernel", "s": "stride", "d": "dilation", "p": "padding"}
-
-
-def _cli_error():
-    from ..cli import CLIError
-    return CLIError
 
 
 def parse_layers(text: str):
@@ -240,7 +237,7 @@ def _rf(args) -> int:
         rows = field_table(spec, shape)
         rf = receptive_field(spec, shape, at=args.at)
     except (ValueError, TypeError, ImportError) as e:
-        raise _cli_error()(str(e)) from None
+        raise CLIError(str(e)) from None
     if args.at:
         keep = [r for r in rows if r["name"] == rf.name]
         idx = rows.index(keep[0]) if keep else len(rows) - 1
@@ -273,7 +270,7 @@ def _design(args) -> int:
         res = design_dilations(args.rf, kernel=args.kernel, max_layers=args.max_layers, axes=args.axes,
                                limit=args.limit, max_field=args.max_field)
     except (ValueError, TypeError) as e:
-        raise _cli_error()(str(e)) from None
+        raise CLIError(str(e)) from None
     if args.json:
         print(json.dumps([s.to_dict() for s in res], indent=1))
         return 0
@@ -300,12 +297,12 @@ def show_data(spec, input_shape=None) -> dict:
 
 def _show(args) -> int:
     if not args.out.lower().endswith((".png", ".pdf", ".svg")):
-        raise _cli_error()(f"--out must end in .png, .pdf or .svg, got {args.out!r}")
+        raise CLIError(f"--out must end in .png, .pdf or .svg, got {args.out!r}")
     try:
         spec, shape = _source(args)
         data = show_data(spec, shape)
     except (ValueError, TypeError, ImportError) as e:
-        raise _cli_error()(str(e)) from None
+        raise CLIError(str(e)) from None
     json_path = os.path.splitext(args.out)[0] + ".json"
     from .._io import write_json
     write_json(json_path, data)

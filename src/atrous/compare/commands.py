@@ -13,6 +13,8 @@ import sys
 import time
 import warnings
 
+from .._errors import CLIError
+
 EXAMPLES = """\
 examples:
   atrous compare                                   # MNIST-1D, all six strategies, 3 seeds (~2 min)
@@ -124,13 +126,11 @@ def _command(args) -> str:
 
 
 def run(args) -> int:
-    from ..cli import CLIError
-
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            out = _run(args, CLIError, t0)
+            out = _run(args, t0)
         finally:
             for w in caught:
                 if issubclass(w.category, UserWarning):
@@ -138,7 +138,7 @@ def run(args) -> int:
     return out
 
 
-def _run(args, CLIError, t0) -> int:
+def _run(args, t0) -> int:
     from . import strategies as S
     from .output_stride import check_output_strides
     from .data import check_task
