@@ -32,13 +32,14 @@ except ImportError:     # the torch-oracle tests skip; the reference-loop tests 
 needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed (extra 'torch')")
 
 # (strategy, window mode): None is the engine's own choice
-STRATEGIES = (None, "im2col", "tap", "elementwise", ("im2col", "flat"), ("im2col", "crop"))
+STRATEGIES = (None, "im2col", "tap", "elementwise", ("im2col", "flat"), ("im2col", "crop"),
+              ("im2col", "shift"))
 
 
 @contextlib.contextmanager
 def strategy(name, parallel=False):
     """Force one engine strategy -- "im2col", "tap" or "elementwise", or a (strategy, window mode) pair
-    with mode "flat" or "crop" (None: the engine's own choice); ``parallel`` runs even tiny calls
+    with mode "flat", "crop" or "shift" (None: the engine's own choice); ``parallel`` runs even tiny calls
     on the chunk thread pool (it needs threadpoolctl, as in the dev extra)."""
     old = (engine._FORCE, engine._FORCE_MODE, engine._PAR_MIN_FLOPS, engine._MIN_ROWS,
            engine._CHUNK_ELEMS)

@@ -433,3 +433,28 @@ def test_slow_nan_and_inf(c, n_x, n_w, n_gy, zero_gy, how):
 @settings(max_examples=600)
 def test_slow_conv_transpose_nan_and_inf(c, n_x, n_w, how):
     test_conv_transpose_nan_and_inf_like_torch.hypothesis.inner_test(c, n_x, n_w, how)
+
+
+def test_blas_threads_restored_and_results_equal_from_any_thread():
+    # threadpoolctl >= 3.6 lets only the first thread that set an OpenBLAS limit change it; the
+    # engine takes and gives back control, so a call from another thread runs single-threaded
+    # BLAS too (multi-threaded OpenBLAS rounds differently on some machines) and the user's
+    # setting is back afterwards
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 24, 30, 26), dtype=np.float32)
+    w = rng.standard_normal((20, 24, 3, 3), dtype=np.float32)
+    gy = rng.standard_normal((2, 20, 30, 26), dtype=np.float32)
+    ctl = threadpoolctl.ThreadpoolController()
+    before = [lc.num_threads for lc in ctl.lib_controllers]
+    threadpoolctl.threadpool_limits(limits=max(before, default=1), user_api="blas")   # main controls
+    with strategy(None, parallel=True):
+        here = atrous.conv_grad(gy, x, w, padding="same", dilation=(2, 3))
+        there = []
+        t = threading.Thread(target=lambda: there.append(
+            atrous.conv_grad(gy, x, w, padding="same", dilation=(2, 3))))
+        t.start()
+        t.join()
+    for a, b in zip(here, there[0]):
+        np.testing.assert_array_equal(a, b)
+    assert [lc.num_threads for lc in ctl.lib_controllers] == before

@@ -75,6 +75,7 @@ paths. No RuntimeWarning is raised for non-finite data.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -430,54 +431,107 @@ def _controller():
     return _CTL or None
 
 
-def _max_workers(flops) -> int:
-    if not _PARALLEL or flops < _PAR_MIN_FLOPS or _controller() is None or _LOCK.locked():
-        return 1                   # (while another call runs the pool, BLAS is limited to 1 thread)
-    blas = [lc.num_threads for lc in _controller().lib_controllers if lc.user_api == "blas"]
+def _blas_threads(ctl) -> int:
+    blas = [lc.num_threads for lc in ctl.lib_controllers if lc.user_api == "blas"]
     return max(1, min(blas) if blas else 1)
+
+
+def _max_workers(flops) -> int:
+    """Pool threads for a call: the user's BLAS threads (NumPy's), 1 for small calls."""
+    if not _PARALLEL or flops < _PAR_MIN_FLOPS or _controller() is None or _LOCK.locked():
+        return 1
+    with _BLAS[0]:                 # while engine sections run, BLAS is limited to 1 thread
+        return _BLAS[3] if _BLAS[1] else _blas_threads(_controller())
+
+
+_BLAS = [threading.Lock(), 0, None, 1]  # lock, engine sections running, their limiter, user's threads
+
+
+def _blas_control(ctl, force):
+    """threadpoolctl >= 3.6 lets only one Python thread at a time (the first to set a limit,
+    while it lives) change a process-wide OpenBLAS thread pool; others silently do nothing.
+    Engine sections may start and end in any thread, so the one changing the limit takes
+    control first (``force``) and gives it back after."""
+    for lc in ctl.lib_controllers:
+        clear = getattr(type(lc), "clear_controlling_thread", None)
+        if clear is not None:
+            clear(force=force)
+
+
+@contextlib.contextmanager
+def _single_blas():
+    """Single-threaded BLAS while any engine section runs (the limit is process-wide state:
+    the first section to start sets it, the last to end restores the user's). Multi-threaded
+    OpenBLAS does not round like single-threaded OpenBLAS on every machine (measured: 0.3.31,
+    Haswell kernels, the backward's GEMMs), so serial sections use one BLAS thread too, and a
+    result never depends on whether its call ran on the pool or serially, nor on the thread."""
+    ctl = _controller()
+    if ctl is None:
+        yield
+        return
+    with _BLAS[0]:
+        if _BLAS[1] == 0:
+            _BLAS[3] = _blas_threads(ctl)
+            _blas_control(ctl, True)
+            _BLAS[2] = ctl.limit(limits=1, user_api="blas")
+            _blas_control(ctl, False)
+        _BLAS[1] += 1
+    try:
+        yield
+    finally:
+        with _BLAS[0]:
+            _BLAS[1] -= 1
+            if _BLAS[1] == 0:
+                _blas_control(ctl, True)
+                _BLAS[2].restore_original_limits()
+                _blas_control(ctl, False)
+                _BLAS[2] = None
 
 
 def _run(work, tasks, workers):
     """``work(i, *t)`` for ``i, t in enumerate(tasks)`` (any iterable), on ``workers`` threads
-    with single-threaded BLAS (serially in the caller when the pool is busy). The threads take
-    the tasks in order from one shared iterator."""
-    global _POOL, _LOCK
+    (serially in the caller when the pool is busy), always with single-threaded BLAS (see
+    _single_blas). The threads take the tasks in order from one shared iterator."""
     it = enumerate(tasks)
-    if workers > 1:
-        if _POOL is not None and _POOL[0] != os.getpid():    # forked child: the threads are gone
-            _POOL, _LOCK = None, threading.Lock()
-        # one parallel section at a time: the BLAS thread limit is process-wide state
-        if _LOCK.acquire(blocking=False):
-            try:
-                with _controller().limit(limits=1, user_api="blas"):
-                    if _POOL is None or _POOL[1] < workers:
-                        from concurrent.futures import ThreadPoolExecutor
-                        _POOL = (os.getpid(), workers,
-                                 ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous"))
-                    take, failed = threading.Lock(), []
+    with _single_blas():
+        if workers > 1 and _run_pool(work, it, workers):
+            return
+        for i, t in it:
+            work(i, *t)
 
-                    errs = np.geterr()          # NumPy's error state is per thread
 
-                    def loop():
-                        np.seterr(**errs)
-                        while not failed:
-                            with take:
-                                nxt = next(it, None)
-                            if nxt is None:
-                                return
-                            try:
-                                work(nxt[0], *nxt[1])
-                            except BaseException:
-                                failed.append(True)
-                                raise
+def _run_pool(work, it, workers) -> bool:
+    """Run the tasks of ``it`` on the pool; False (nothing run) when another call holds it."""
+    global _POOL, _LOCK
+    if _POOL is not None and _POOL[0] != os.getpid():        # forked child: the threads are gone
+        _POOL, _LOCK = None, threading.Lock()
+    if not _LOCK.acquire(blocking=False):                    # one parallel section at a time
+        return False
+    try:
+        if _POOL is None or _POOL[1] < workers:
+            from concurrent.futures import ThreadPoolExecutor
+            _POOL = (os.getpid(), workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="atrous"))
+        take, failed = threading.Lock(), []
+        errs = np.geterr()                  # NumPy's error state is per thread
 
-                    for f in [_POOL[2].submit(loop) for _ in range(workers)]:
-                        f.result()
+        def loop():
+            np.seterr(**errs)
+            while not failed:
+                with take:
+                    nxt = next(it, None)
+                if nxt is None:
                     return
-            finally:
-                _LOCK.release()
-    for i, t in it:
-        work(i, *t)
+                try:
+                    work(nxt[0], *nxt[1])
+                except BaseException:
+                    failed.append(True)
+                    raise
+
+        for f in [_POOL[2].submit(loop) for _ in range(workers)]:
+            f.result()
+        return True
+    finally:
+        _LOCK.release()
 
 
 def _copy(dst, src, workers):
@@ -488,6 +542,36 @@ def _copy(dst, src, workers):
     the engine, interleaved A/B at 2 threads: equal or 2-6% faster on the large 2-D/3-D shapes).
     ``workers`` is kept so that the call sites state the parallelism they could use."""
     dst[...] = src
+
+
+# -------------------------------------------------------------------------------- work buffers
+# A fresh large array costs a page fault per 4 KiB page on first touch (glibc returns freed large
+# blocks to the system). Measured on the 2-core VM, 3-D N2 C16 16^3 forward at 1 thread: 2.8 ms
+# of which ~0.7 ms were faults on the source grid and the first chunk's buffers (2.1 ms with
+# them kept). So each thread keeps its buffers between chunks and calls -- one per kind: "src"
+# the source grid of the calling thread, "work" a chunk's buffers, "acc" a thread's partial sum --
+# up to _KEEP bytes each; bigger requests get fresh arrays that are freed as usual.
+_KEEP = 32 * 2**20
+_TLS = threading.local()
+
+
+def _buffers(kind, shapes, dtype):
+    """Uninitialised arrays of ``shapes``, carved from this thread's kept buffer of ``kind``;
+    valid until this thread asks for the same kind again."""
+    dtype = np.dtype(dtype)
+    sizes = [-(-math.prod(s) * dtype.itemsize // 64) * 64 for s in shapes]
+    buf = getattr(_TLS, kind, None)
+    if buf is None or buf.nbytes < sum(sizes) + 64:
+        buf = np.empty(sum(sizes) + 64, np.uint8)
+        if buf.nbytes <= _KEEP:
+            setattr(_TLS, kind, buf)
+    # every array starts on a 64-byte boundary: BLAS kernels (OpenBLAS's gemv) sum in an order
+    # that depends on the alignment, and results must not depend on which thread ran a chunk
+    out, off = [], -buf.ctypes.data % 64
+    for shape, size in zip(shapes, sizes):
+        out.append(np.ndarray(shape, dtype=dtype, buffer=buf, offset=off))
+        off += size
+    return out
 
 
 # ------------------------------------------------------------------------------------- sources
@@ -501,7 +585,8 @@ class _Source(NamedTuple):
 
 def _source(shape, c, n, tail, dtype, S=1):
     P = math.prod(shape)
-    flat = np.zeros((S, n, c, P + tail), dtype=dtype)
+    flat, = _buffers("src", [(S, n, c, P + tail)], dtype)
+    flat.fill(0)
     rs = tuple(math.prod(shape[a + 1:]) for a in range(len(shape)))
     return _Source(flat, flat[..., :P].reshape((S, n, c) + tuple(shape)), rs)
 
@@ -558,6 +643,7 @@ class _Job(NamedTuple):
     step: tuple      # dst index step, per axis
     how: str         # "im2col", "tap" or "elementwise" (see _strategy)
     flat: bool       # windows are flat slices (with the padding columns) instead of crops
+    shift: bool = False   # flat, and the last axis's taps are column shifts of one patch
 
 
 def _waste(box, rs):
@@ -575,6 +661,31 @@ def _use_flat(box, rs, c_dst):
     # GEMM columns it computes (the padding inside a plane; their cost grows with C_out) are few.
     waste = ((box[1] - 1) * rs[1] + box[2]) / (box[1] * box[2])
     return box[-1] <= 16 and (waste - 1) * c_dst <= 16
+
+
+def _shift_ok(box, taps, how) -> bool:
+    """Whether a job can take the "shift" windows: one block of taps, several along the last
+    axis, and their shifts at most half an output line (this bounds the longer spans)."""
+    if how != "im2col" or len(taps) != 1 or taps[0].counts[-1] < 2:
+        return False
+    return 2 * taps[0].step[-1] * (taps[0].counts[-1] - 1) <= box[-1]
+
+
+def _windows(box, rs, c_dst, taps, how):
+    """(flat, shift) for a job: see _use_flat and _shift_ok."""
+    if how == "tap":
+        return True, False
+    if how != "im2col":
+        return False, False
+    # measured (benchmarks/engine.py, 1 thread): 3-D forwards gain (N2 C16 16^3 0.62 -> 0.71 of
+    # GEMM, C32 24^3 0.79 -> 0.83); 2-D ones lose a little (0.92 -> 0.88), their patch copy being
+    # already small next to the GEMM
+    if _FORCE_MODE == "shift" or (_FORCE_MODE is None and len(box) == 3):
+        if _shift_ok(box, taps, how):
+            return True, True
+    if _FORCE_MODE == "shift":
+        return False, False
+    return _use_flat(box, rs, c_dst), False
 
 
 def _strategy(c_red, c_acc, groups) -> str:
@@ -602,20 +713,21 @@ def _sub_rs(ch, box, rs):
     return tuple(rs[len(box) - len(_sub(ch, box)):])
 
 
-def _flat_geom(ch, box, rs, single=False):
+def _flat_geom(ch, box, rs, single=False, ext=0):
     """Layout of the chunk's flat windows, in elements: their shape and strides in the source
     grid, and the strides of the chunk's sub-box inside a compact buffer of that shape. Chunks of
     whole 3-D planes keep the planes apart (one flat span per plane: fewer padding columns than
-    one span across planes) unless ``single``; others are one flat span."""
+    one span across planes) unless ``single``; others are one flat span. Each span is ``ext``
+    elements longer (the shifts of a "shift" job)."""
     sub = _sub(ch, box)
     if len(box) == 3 and ch.a <= 0 and not single:
-        span = (box[1] - 1) * rs[1] + box[2]
+        span = (box[1] - 1) * rs[1] + box[2] + ext
         return (sub[0], span), (rs[0], 1), (span, rs[1], 1)
     srs = _sub_rs(ch, box, rs)
-    return (sum((b - 1) * r for b, r in zip(sub, srs)) + 1,), (1,), srs
+    return (sum((b - 1) * r for b, r in zip(sub, srs)) + 1 + ext,), (1,), srs
 
 
-def _tap_view(src, tb, ch, box, flat, single=False):
+def _tap_view(src, tb, ch, box, flat, single=False, ext=0):
     """All taps of block ``tb`` for chunk ``ch`` as one strided view (nn, C, *counts, *sub), or
     (nn, C, *counts, *flat shape) for flat windows (see _flat_geom)."""
     S, N, C, Pf = src.flat.shape
@@ -623,7 +735,7 @@ def _tap_view(src, tb, ch, box, flat, single=False):
     off = sum((st + i) * r for st, i, r in zip(tb.start, _lead(ch, box), src.rs))
     lead = (C * Pf * isz, Pf * isz) + tuple(sp * r * isz for sp, r in zip(tb.step, src.rs))
     if flat:
-        shape, strides, _ = _flat_geom(ch, box, src.rs, single)
+        shape, strides, _ = _flat_geom(ch, box, src.rs, single, ext)
         strides = tuple(r * isz for r in strides)
     else:
         shape, strides = _sub(ch, box), tuple(r * isz for r in _sub_rs(ch, box, src.rs))
@@ -631,12 +743,12 @@ def _tap_view(src, tb, ch, box, flat, single=False):
                       offset=(((tb.sidx * N + ch.n0) * C) * Pf + off) * isz, strides=lead + strides)
 
 
-def _fill_patch(patch, src, taps, ch, box, groups, flat, gw_layout=False):
+def _fill_patch(patch, src, taps, ch, box, groups, flat, gw_layout=False, ext=0):
     """Stack the tap windows of chunk ``ch``: patch (nn, G, T*c/g, ...), or (G, T*c/g, nn, ...)
     with ``gw_layout``. One copy per block of taps."""
     t0 = 0
     for tb in taps:
-        v = _tap_view(src, tb, ch, box, flat)                       # (nn, C, *counts, *rest)
+        v = _tap_view(src, tb, ch, box, flat, ext=ext)                     # (nn, C, *counts, *rest)
         nn, C, nk = v.shape[0], v.shape[1], len(tb.counts)
         T = math.prod(tb.counts)
         rest = v.shape[2 + nk:]
@@ -668,12 +780,12 @@ def _box_view(arr, origin, step, box, ch, groups):
     return v.reshape((v.shape[0], groups, v.shape[1] // groups) + v.shape[2:])
 
 
-def _crop_view(seg, ch, box, rs, single=False):
-    """The real positions of a flat-window array seg (..., L) (C-contiguous, L = the size of the
-    chunk's flat shape) as (..., *sub)."""
+def _crop_view(seg, ch, box, rs, single=False, ext=0):
+    """The real positions of a flat-window array seg (..., L) (L = the size of the chunk's flat
+    shape, the last axis contiguous) as (..., *sub)."""
     isz = seg.itemsize
-    return np.ndarray(seg.shape[:-1] + _sub(ch, box), dtype=seg.dtype, buffer=seg,
-                      strides=seg.strides[:-1] + tuple(r * isz for r in _flat_geom(ch, box, rs, single)[2]))
+    return np.ndarray(seg.shape[:-1] + _sub(ch, box), dtype=seg.dtype, buffer=seg, offset=0,
+                      strides=seg.strides[:-1] + tuple(r * isz for r in _flat_geom(ch, box, rs, single, ext)[2]))
 
 
 def _limit(workers, biggest, budget):
@@ -686,6 +798,7 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
     fixed sequence of multiply-adds), so the result does not depend on the scheduling."""
     isz = spec.dtype.itemsize
     budget = max(1, spec.budget // isz)                            # elements
+    jobs = list(jobs)
     tasks, biggest, wmats = [], 1, []
     for ji, job in enumerate(jobs):
         T, _, cdg, csg = job.wt.shape
@@ -696,15 +809,28 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
             per = cd                                               # one product buffer
         elif job.how == "tap":
             per = math.ceil(2 * cd * _waste(job.box, src.rs))      # result + one product
+        elif job.shift:
+            # patch of T/k taps (k = the last axis's) + result + one product; each span is at most
+            # box[-1]/2 longer (_shift_ok), and spans hold at least a line of the box
+            per = math.ceil((T // job.taps[0].counts[-1] * cs + 2 * cd) * (_waste(job.box, src.rs) + 0.5))
         elif job.flat:
             per = math.ceil((T * cs + cd) * _waste(job.box, src.rs))   # patch + result
         else:
             per = T * cs + (0 if direct else cd)                   # patch (+ result)
         chunks, most = _chunks(spec.n, job.box, per, budget, split=split)
+        if job.shift and most < job.box[-1]:    # chunks inside one line: spans too short to shift
+            jobs[ji] = job = job._replace(flat=False, shift=False)
+            per = T * cs + (0 if direct else cd)
+            chunks, most = _chunks(spec.n, job.box, per, budget, split=split)
         tasks.append(zip(itertools.repeat(ji), chunks, itertools.repeat(direct)))
         biggest = max(biggest, per * most)
-        wmats.append(np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3)).reshape(
-            job.wt.shape[1], cdg, T * csg))                        # (G, c_dst/g, T*c_src/g)
+        wm = np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3))   # (G, c_dst/g, T, c_src/g)
+        if job.shift:       # per shift i: the taps i, i + k, i + 2k, ... -> (k, G, c_dst/g, T/k*c_src/g)
+            k = job.taps[0].counts[-1]
+            wm = np.ascontiguousarray(wm.reshape(wm.shape[:2] + (T // k, k, csg)).transpose(3, 0, 1, 2, 4))
+            wmats.append(wm.reshape(k, wm.shape[1], cdg, -1))
+        else:
+            wmats.append(wm.reshape(wm.shape[0], cdg, T * csg))   # (G, c_dst/g, T*c_src/g)
     dflat = dst.reshape(dst.shape[0], groups, dst.shape[1] // groups, -1)
 
     def work(i, ji, ch, direct):
@@ -713,7 +839,7 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
         nn, sub = ch.n1 - ch.n0, _sub(ch, job.box)
         dv = _box_view(dst, job.origin, job.step, job.box, ch, groups)   # (nn, G, c_dst/g, *sub)
         if job.how == "elementwise":       # dv = sum over taps and channels of w * window
-            tmp = np.empty(dv.shape, dtype=dv.dtype)
+            tmp, = _buffers("work", [dv.shape], dv.dtype)
             t = 0
             for tb in job.taps:
                 v = _tap_view(src, tb, ch, job.box, False)
@@ -729,8 +855,7 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
             return
         if job.how == "tap":               # one GEMM per tap on the flat windows, accumulated
             span = _flat_geom(ch, job.box, src.rs, True)[0][0]
-            seg = np.empty((nn, groups, cdg, span), dtype=spec.dtype)
-            tmp = np.empty_like(seg)
+            seg, tmp = _buffers("work", [(nn, groups, cdg, span)] * 2, spec.dtype)
             t = 0
             for tb in job.taps:
                 v = _tap_view(src, tb, ch, job.box, True, True)          # (nn, C, *counts, span)
@@ -742,23 +867,41 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
                     t += 1
             dv[...] = _crop_view(seg, ch, job.box, src.rs, True)
             return
+        if job.shift:
+            # The taps of the last axis are i = 0..k-1 at step st: the windows of tap (t', i) are
+            # those of tap (t', 0) shifted by i*st flat columns, so one patch of the T/k taps
+            # (t', 0) over spans e = (k-1)*st longer serves all k: result = sum_i W_i @ patch
+            # shifted by i*st -- a k-times smaller copy for k GEMMs (the sum in the order of i).
+            tb = job.taps[0]
+            k, st = tb.counts[-1], tb.step[-1]
+            e = st * (k - 1)
+            span = math.prod(_flat_geom(ch, job.box, src.rs, ext=e)[0])
+            patch, seg, tmp = _buffers("work", [(nn, groups, T // k * csg, span)]
+                                       + [(nn, groups, cdg, span - e)] * 2, spec.dtype)
+            _fill_patch(patch, src, [tb._replace(counts=tb.counts[:-1] + (1,))], ch, job.box, groups,
+                        True, ext=e)
+            for i in range(k):
+                np.matmul(wmats[ji][i], patch[..., i * st:i * st + span - e], out=tmp if i else seg)
+                if i:
+                    np.add(seg, tmp, out=seg)
+            dv[...] = _crop_view(seg, ch, job.box, src.rs, ext=e)
+            return
         if job.flat:                       # GEMM over the flat windows, then drop the padding
             span = math.prod(_flat_geom(ch, job.box, src.rs)[0])
-            patch = np.empty((nn, groups, T * csg, span), dtype=spec.dtype)
+            patch, seg = _buffers("work", [(nn, groups, T * csg, span), (nn, groups, cdg, span)],
+                                  spec.dtype)
             _fill_patch(patch, src, job.taps, ch, job.box, groups, True)
-            seg = np.empty((nn, groups, cdg, span), dtype=spec.dtype)
             np.matmul(wmats[ji], patch, out=seg)
             dv[...] = _crop_view(seg, ch, job.box, src.rs)
             return
         R = math.prod(sub)
-        patch = np.empty((nn, groups, T * csg) + sub, dtype=spec.dtype)
+        patch, out = _buffers("work", [(nn, groups, T * csg) + sub, (nn, groups, cdg, R)], spec.dtype)
         _fill_patch(patch, src, job.taps, ch, job.box, groups, False)
         patch = patch.reshape(nn, groups, T * csg, R)
         if direct:                         # the GEMM writes straight into the result
             r0, r1 = _flat_range(ch, job.box)
             np.matmul(wmats[ji], patch, out=dflat[ch.n0:ch.n1, :, :, r0:r1])
         else:
-            out = np.empty((nn, groups, cdg, R), dtype=spec.dtype)
             np.matmul(wmats[ji], patch, out=out)
             dv[...] = out.reshape(dv.shape)
 
@@ -811,9 +954,9 @@ def _forward(x, weight, spec):
         rs = tuple(math.prod(plan.sph[a + 1:]) for a in range(len(plan.sph)))
         how = _strategy(spec.c_in // G, spec.c_out // G, G)
         nd = len(spec.out_sizes)
-        job = _Job(_forward_taps(plan), _weights(weight, spec, plan.kidx), spec.out_sizes,
-                   (0,) * nd, (1,) * nd, how,
-                   how == "tap" or (how == "im2col" and _use_flat(spec.out_sizes, rs, spec.c_out)))
+        taps = _forward_taps(plan)
+        job = _Job(taps, _weights(weight, spec, plan.kidx), spec.out_sizes, (0,) * nd, (1,) * nd, how,
+                   *_windows(spec.out_sizes, rs, spec.c_out, taps, how))
         src = _phase_source(x, spec, plan, _tail(plan.sph, [job]), workers)
         _gather(src, [job], y, spec, G, workers, _flops(spec, plan) >= _PAR_MIN_FLOPS)
     if plan.dead:                  # dead taps multiply padding zeros: 0, or NaN for a non-finite w
@@ -852,9 +995,9 @@ def _transpose_jobs(gy, weight, spec, plan, how, workers, flat_ok=True):
                       in zip(fills, blk.qoff, blk.qstep, blk.counts, front))
         kidx = np.flip(blk.kidx).ravel()
         wt = _weights(weight, spec, kidx, transposed=True)              # (T, G, C_in/g, C_out/g)
-        jobs.append(_Job([_Taps(0, start, blk.qstep, blk.counts)], wt, box,
-                         tuple(f[2] for f in fills), spec.stride, how,
-                         how == "tap" or (flat_ok and how == "im2col" and _use_flat(box, grs, spec.c_in))))
+        taps = [_Taps(0, start, blk.qstep, blk.counts)]
+        flat, shift = _windows(box, grs, spec.c_in, taps, how) if flat_ok or how == "tap" else (False, False)
+        jobs.append(_Job(taps, wt, box, tuple(f[2] for f in fills), spec.stride, how, flat, shift))
         kidxs.append(kidx)
     src = None
     if jobs:
@@ -891,7 +1034,7 @@ def _backward(gy, x, weight, spec, plan, gb):
     finite -- the zero rows of the padded gy then multiply finite x -- and used only then."""
     G = spec.groups
     cgi, cgo = spec.c_in // G, spec.c_out // G
-    if (not plan.blocks or _strategy(cgo, cgi, G) != "im2col" or _FORCE_MODE == "flat"
+    if (not plan.blocks or _strategy(cgo, cgi, G) != "im2col" or _FORCE_MODE in ("flat", "shift")
             # gb (the sums of gy, already computed) is finite only when gy is: one pass less
             or not (_finite(weight) and _finite(gb) and _finite(x))):
         return _grad_input(gy, weight, spec, plan), _grad_weight(gy, x, spec, plan, gb)
@@ -924,7 +1067,8 @@ def _backward(gy, x, weight, spec, plan, gb):
             job = jobs[ji]
             Tp, nn, sub = len(kidxs[ji]), ch.n1 - ch.n0, _sub(ch, job.box)
             L = nn * math.prod(sub)
-            patch = np.empty((G, Tp * cgo, L), dtype=spec.dtype)
+            patch, out, xm, part = _buffers("work", [(G, Tp * cgo, L), (G, cgi, L), (G, cgi, nn) + sub,
+                                                     (G, Tp * cgo, cgi)], spec.dtype)
             _fill_patch(patch, src, job.taps, ch, job.box, G, False, gw_layout=True)
             direct = (nn == 1 and all(s_ == 1 for s_ in job.step) and tuple(job.box) == spec.in_sizes)
             if direct:                                          # dx and x of the chunk, in place
@@ -933,13 +1077,12 @@ def _backward(gy, x, weight, spec, plan, gb):
                 xm = x[ch.n0].reshape(G, cgi, M)[:, :, r0:r1]
             else:
                 order = (1, 2, 0) + tuple(range(3, 3 + len(sub)))
-                out = np.matmul(wmats[ji], patch)               # (G, C_in/g, L)
+                np.matmul(wmats[ji], patch, out=out)             # (G, C_in/g, L)
                 dv = _box_view(gx, job.origin, job.step, job.box, ch, G)
                 dv[...] = out.reshape((G, cgi, nn) + sub).transpose(
                     (2, 0, 1) + tuple(range(3, 3 + len(sub))))
-                xm = np.empty((G, cgi, nn) + sub, dtype=spec.dtype)
                 xm[...] = _box_view(x, job.origin, job.step, job.box, ch, G).transpose(order)
-            part = np.matmul(patch, xm.reshape(G, cgi, L).transpose(0, 2, 1))   # (G, Tp*C_out/g, C_in/g)
+            np.matmul(patch, xm.reshape(G, cgi, L).transpose(0, 2, 1), out=part)   # (G, Tp*C_out/g, C_in/g)
             acc = accs[slot, :, rows[ji] * cgo:(rows[ji] + Tp) * cgo]
             np.add(acc, part, out=acc)
 
@@ -1023,17 +1166,17 @@ def _grad_weight(gy, x, spec, plan, gb):
             if flat:
                 span = math.prod(_flat_geom(ch, out, rs)[0])
                 L = nn * span
-                g = np.zeros((G, cgo, nn, span), dtype=spec.dtype)   # zeros off the real outputs
+                g, patch = _buffers("work", [(G, cgo, nn, span), (G, T * cgi, L)], spec.dtype)
+                g.fill(0)                                            # zeros off the real outputs
                 _crop_view(g, ch, out, rs)[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
             else:
                 L = nn * math.prod(sub)
+                g, patch = _buffers("work", [(G, cgo, nn) + sub, (G, T * cgi, L)], spec.dtype)
                 if nn == 1:
                     r0, r1 = _flat_range(ch, out)
                     g = gy[ch.n0].reshape(G, cgo, -1)[:, :, r0:r1]
                 else:
-                    g = np.empty((G, cgo, nn) + sub, dtype=spec.dtype)
                     g[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
-            patch = np.empty((G, T * cgi, L), dtype=spec.dtype)
             _fill_patch(patch, src, taps, ch, out, G, flat, gw_layout=True)
             # (dW)^T = patch @ g^T: OpenBLAS runs this layout up to 2x faster than g @ patch^T
             np.matmul(patch, g.reshape(G, cgo, L).transpose(0, 2, 1), out=part)
@@ -1043,7 +1186,7 @@ def _grad_weight(gy, x, spec, plan, gb):
         accs = np.zeros((S, G, T * cgi, cgo), dtype=spec.dtype)
 
         def work(i, slot):
-            part = np.empty((G, T * cgi, cgo), dtype=spec.dtype)
+            part, = _buffers("acc", [(G, T * cgi, cgo)], spec.dtype)
             for ch in itertools.islice(_chunks(spec.n, out, per, budget, 4 * _MIN_ROWS, split)[0], slot, None, S):
                 partial(ch, part)
                 np.add(accs[slot], part, out=accs[slot])
