@@ -17,9 +17,10 @@ For every shape, forward and backward (grad_x + grad_weight), float32:
 
 FLOPs = 2 * N * C_out * prod(out) * C_in/groups * prod(k) for the forward, twice that for the
 backward. Times are the best of ``--repeat`` runs, alternating atrous, torch and the GEMM so that
-noise from other processes hits all three (with several threads, each atrous and torch call is
-timed after a 0.15 s pause, see ``SETTLE``). Ratios are what count; the load average (1 min) is printed
-with every row and the CPU model and BLAS kernels in the header.
+noise from other processes hits all three; each atrous and torch call is timed right after an
+untimed call of the same function (with several threads, after a 0.15 s pause, see ``SETTLE``).
+Ratios are what count; the load average (1 min) is printed with every row and the CPU model and
+BLAS kernels in the header.
 """
 
 from __future__ import annotations
@@ -98,13 +99,18 @@ CLOCK = time.perf_counter
 # hold a core: measured here (2 cores), an engine call timed within 30 ms of a 2-thread NumPy GEMM
 # took 25-27 ms (process CPU 65-75 ms) against 22 ms after 0.1-0.3 s (CPU 41-45 ms). With several
 # threads every timed call therefore waits SETTLE seconds first, so that no pass is timed while
-# the previous one's (the GEMM anchor's, or a serial engine call's) BLAS threads still spin.
+# the previous one's (the GEMM anchor's, or torch's) threads still spin. But an idle pause leaves
+# the VM's cores cold: a 3-D engine call of ~2 ms took ~1 ms longer right after one (measured, 30
+# calls each) -- so after the pause each contender runs once untimed and the next call, in the
+# warm state of a training loop and with no other contender's threads spinning, is timed.
 SETTLE = 0.15
 
 
-def settle(threads):
+def settle(threads, fn=None):
     if threads > 1:
         time.sleep(SETTLE)
+    if fn is not None:
+        fn()
 
 
 def once(fn):
@@ -236,10 +242,11 @@ def main(argv=None):
             ours(), theirs()                  # warm up
             ta, tt, tg = math.inf, math.inf, math.inf
             for _ in range(args.repeat):      # alternate so background load hits all alike
-                settle(threads)
+                settle(threads, ours)
                 ta = min(ta, once(ours))
-                settle(threads)
+                settle(threads, theirs)
                 tt = min(tt, once(theirs))
+                settle(threads)
                 tg = sum(gm.time() for gm in gemms)
             r = (name, kind, fl / ta / 1e9, fl / tt / 1e9, tt / ta, fl / tg / 1e9, tg / ta, load())
             rows.append(r)

@@ -448,13 +448,14 @@ def test_blas_threads_restored_and_results_equal_from_any_thread():
     ctl = threadpoolctl.ThreadpoolController()
     before = [lc.num_threads for lc in ctl.lib_controllers]
     threadpoolctl.threadpool_limits(limits=max(before, default=1), user_api="blas")   # main controls
-    with strategy(None, parallel=True):
-        here = atrous.conv_grad(gy, x, w, padding="same", dilation=(2, 3))
-        there = []
-        t = threading.Thread(target=lambda: there.append(
-            atrous.conv_grad(gy, x, w, padding="same", dilation=(2, 3))))
-        t.start()
-        t.join()
-    for a, b in zip(here, there[0]):
-        np.testing.assert_array_equal(a, b)
-    assert [lc.num_threads for lc in ctl.lib_controllers] == before
+    for parallel in (True, False):      # calls that may take the pool, and small ones
+        with strategy(None, parallel=parallel):
+            here = atrous.conv_grad(gy, x, w, padding="same", dilation=(2, 3))
+            there = []
+            t = threading.Thread(target=lambda: there.append(
+                atrous.conv_grad(gy, x, w, padding="same", dilation=(2, 3))))
+            t.start()
+            t.join()
+        for a, b in zip(here, there[0]):
+            np.testing.assert_array_equal(a, b)
+        assert [lc.num_threads for lc in ctl.lib_controllers] == before

@@ -408,13 +408,19 @@ def _chunks(n, box, per_pos, budget, min_rows=None, split=True):
 # ------------------------------------------------------------------------- chunk parallelism
 # NumPy's element-wise work (patch copies) is single-threaded. When threadpoolctl is installed,
 # big calls run their chunks on a thread pool, one chunk per thread at a time with single-threaded
-# BLAS (NumPy releases the GIL inside copies, ufuncs and matmul). Without it, for small calls, or
-# while another call holds the pool, chunks run one after the other with the caller's BLAS.
+# BLAS (NumPy releases the GIL inside copies, ufuncs and matmul); while another call holds the
+# pool, they run serially, with single-threaded BLAS too (same rounding, see _blas_section).
+# Small calls and calls without threadpoolctl run serially with the caller's BLAS.
 # Below _PAR_MIN_FLOPS the pool loses to that serial loop (per-chunk Python work serialised on the
 # GIL, thread wake-ups): measured at 2 threads, interleaved, 3e8 against 2e7 -- 226 MFLOP (3-D
 # N1 C32 16^3) 0.34 -> 0.44 of GEMM, 75 MFLOP (2-D N1 C32 64^2) 0.39 -> 0.59; at 382 MFLOP (3-D N2
 # C16 24^3) the pool already wins (0.81 against 0.57 serial).
 _PAR_MIN_FLOPS = 3e8
+# Forwards stay serial (with the user's multi-threaded BLAS, see _blas_section) up to 3x that:
+# measured at 2 threads, interleaved, 9 runs (serial vs pool): 2-D N4 C64 32^2 302 MFLOP 2.50 vs
+# 3.41 ms, 3-D N2 C16 24^3 382 MFLOP 5.62 vs 8.12 ms, 3-D N2 C32 24^3 1.5 GFLOP 15.4 vs 13.6 ms;
+# backwards gain from the pool from 3e8 (N4 C64 32^2: 9.6 vs 6.4 ms).
+_FWD_SERIAL = 3
 _POOL = None                # (pid, size, ThreadPoolExecutor)
 _CTL = None
 _LOCK = threading.Lock()
@@ -440,11 +446,17 @@ def _max_workers(flops) -> int:
     """Pool threads for a call: the user's BLAS threads (NumPy's), 1 for small calls."""
     if not _PARALLEL or flops < _PAR_MIN_FLOPS or _controller() is None or _LOCK.locked():
         return 1
-    with _BLAS[0]:                 # while engine sections run, BLAS is limited to 1 thread
-        return _BLAS[3] if _BLAS[1] else _blas_threads(_controller())
+    with _Blas.cond:               # while engine sections run, BLAS may be limited to 1 thread
+        return _Blas.user if _Blas.count else _blas_threads(_controller())
 
 
-_BLAS = [threading.Lock(), 0, None, 1]  # lock, engine sections running, their limiter, user's threads
+class _Blas:
+    """BLAS thread state of the engine sections running now (see _blas_section)."""
+    cond = threading.Condition()
+    count = 0            # sections running
+    mode = 0             # their BLAS threads
+    user = 1             # the user's BLAS threads, read while no section runs
+    limiter = None       # threadpoolctl limiter to restore, when mode != user
 
 
 def _blas_control(ctl, force):
@@ -459,41 +471,52 @@ def _blas_control(ctl, force):
 
 
 @contextlib.contextmanager
-def _single_blas():
-    """Single-threaded BLAS while any engine section runs (the limit is process-wide state:
-    the first section to start sets it, the last to end restores the user's). Multi-threaded
-    OpenBLAS does not round like single-threaded OpenBLAS on every machine (measured: 0.3.31,
-    Haswell kernels, the backward's GEMMs), so serial sections use one BLAS thread too, and a
-    result never depends on whether its call ran on the pool or serially, nor on the thread."""
+def _blas_section(big):
+    """Run with a BLAS thread count fixed by the call's size: one thread for calls that may use
+    the pool (``big``, >= _PAR_MIN_FLOPS), whether they get it or run serially; the user's
+    count for small calls, which never do. OpenBLAS rounds differently at different thread
+    counts (measured: 0.3.31 with Haswell kernels, the backward's GEMMs), so this makes a
+    result independent of the scheduling and of concurrent calls. The count is process-wide
+    state: sections of the other count wait until the running ones end; the last to end
+    restores the user's setting."""
     ctl = _controller()
     if ctl is None:
         yield
         return
-    with _BLAS[0]:
-        if _BLAS[1] == 0:
-            _BLAS[3] = _blas_threads(ctl)
-            _blas_control(ctl, True)
-            _BLAS[2] = ctl.limit(limits=1, user_api="blas")
-            _blas_control(ctl, False)
-        _BLAS[1] += 1
+    with _Blas.cond:
+        while True:
+            if _Blas.count == 0:
+                _Blas.user = _blas_threads(ctl)
+                _Blas.mode = 1 if big else _Blas.user
+                if _Blas.mode != _Blas.user:
+                    _blas_control(ctl, True)
+                    _Blas.limiter = ctl.limit(limits=_Blas.mode, user_api="blas")
+                    _blas_control(ctl, False)
+                break
+            if (1 if big else _Blas.user) == _Blas.mode:
+                break
+            _Blas.cond.wait()
+        _Blas.count += 1
     try:
         yield
     finally:
-        with _BLAS[0]:
-            _BLAS[1] -= 1
-            if _BLAS[1] == 0:
-                _blas_control(ctl, True)
-                _BLAS[2].restore_original_limits()
-                _blas_control(ctl, False)
-                _BLAS[2] = None
+        with _Blas.cond:
+            _Blas.count -= 1
+            if _Blas.count == 0:
+                if _Blas.limiter is not None:
+                    _blas_control(ctl, True)
+                    _Blas.limiter.restore_original_limits()
+                    _blas_control(ctl, False)
+                    _Blas.limiter = None
+                _Blas.cond.notify_all()
 
 
-def _run(work, tasks, workers):
+def _run(work, tasks, workers, big):
     """``work(i, *t)`` for ``i, t in enumerate(tasks)`` (any iterable), on ``workers`` threads
-    (serially in the caller when the pool is busy), always with single-threaded BLAS (see
-    _single_blas). The threads take the tasks in order from one shared iterator."""
+    (serially in the caller when the pool is busy) with the BLAS threads of _blas_section. The
+    threads take the tasks in order from one shared iterator."""
     it = enumerate(tasks)
-    with _single_blas():
+    with _blas_section(big):
         if workers > 1 and _run_pool(work, it, workers):
             return
         for i, t in it:
@@ -905,7 +928,7 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
             np.matmul(wmats[ji], patch, out=out)
             dv[...] = out.reshape(dv.shape)
 
-    _run(work, itertools.chain.from_iterable(tasks), _limit(workers, biggest, budget))
+    _run(work, itertools.chain.from_iterable(tasks), _limit(workers, biggest, budget), split)
 
 
 # -------------------------------------------------------------------------------------- forward
@@ -948,9 +971,10 @@ def _forward(x, weight, spec):
     """
     G = spec.groups
     plan = _plan(spec)
-    y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
-    if plan.blocks:
-        workers = _max_workers(_flops(spec, plan))
+    if plan.blocks:                # every output is written by one chunk (np.zeros would memset)
+        y = np.empty((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
+        big = _flops(spec, plan) >= _PAR_MIN_FLOPS * _FWD_SERIAL
+        workers = _max_workers(_flops(spec, plan)) if big else 1
         rs = tuple(math.prod(plan.sph[a + 1:]) for a in range(len(plan.sph)))
         how = _strategy(spec.c_in // G, spec.c_out // G, G)
         nd = len(spec.out_sizes)
@@ -958,7 +982,9 @@ def _forward(x, weight, spec):
         job = _Job(taps, _weights(weight, spec, plan.kidx), spec.out_sizes, (0,) * nd, (1,) * nd, how,
                    *_windows(spec.out_sizes, rs, spec.c_out, taps, how))
         src = _phase_source(x, spec, plan, _tail(plan.sph, [job]), workers)
-        _gather(src, [job], y, spec, G, workers, _flops(spec, plan) >= _PAR_MIN_FLOPS)
+        _gather(src, [job], y, spec, G, workers, big)
+    else:
+        y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
     if plan.dead:                  # dead taps multiply padding zeros: 0, or NaN for a non-finite w
         w = weight.reshape(weight.shape[0], weight.shape[1], -1)[:, :, list(plan.dead)]
         if not _finite(w):
@@ -1086,7 +1112,7 @@ def _backward(gy, x, weight, spec, plan, gb):
             acc = accs[slot, :, rows[ji] * cgo:(rows[ji] + Tp) * cgo]
             np.add(acc, part, out=acc)
 
-    _run(work, [(s_,) for s_ in range(S)], _limit(workers, biggest, budget))
+    _run(work, [(s_,) for s_ in range(S)], _limit(workers, biggest, budget), split)
     acc = accs[0]
     for k in range(1, S):
         acc += accs[k]
@@ -1191,7 +1217,7 @@ def _grad_weight(gy, x, spec, plan, gb):
                 partial(ch, part)
                 np.add(accs[slot], part, out=accs[slot])
 
-        _run(work, [(s,) for s in range(S)], _limit(workers, per * most, budget))
+        _run(work, [(s,) for s in range(S)], _limit(workers, per * most, budget), split)
         acc = accs[0]
         for k in range(1, S):
             acc += accs[k]
