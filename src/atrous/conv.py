@@ -411,14 +411,14 @@ def _chunks(n, box, per_pos, budget, min_rows=None, split=True):
 # NumPy's element-wise work (patch copies) is single-threaded. When threadpoolctl is installed,
 # big calls run their chunks on a thread pool, one chunk per thread at a time with single-threaded
 # BLAS (NumPy releases the GIL inside copies, ufuncs and matmul); while another call holds the
-# pool, they run serially, with single-threaded BLAS too (same rounding, see _blas_section).
+# pool, they run serially, with single-threaded BLAS too (same rounding, see _blas_enter).
 # Small calls and calls without threadpoolctl run serially with the caller's BLAS.
 # Below _PAR_MIN_FLOPS the pool loses to that serial loop (per-chunk Python work serialised on the
 # GIL, thread wake-ups): measured at 2 threads, interleaved, 3e8 against 2e7 -- 226 MFLOP (3-D
 # N1 C32 16^3) 0.34 -> 0.44 of GEMM, 75 MFLOP (2-D N1 C32 64^2) 0.39 -> 0.59; at 382 MFLOP (3-D N2
 # C16 24^3) the pool already wins (0.81 against 0.57 serial).
 _PAR_MIN_FLOPS = 3e8
-# Forwards stay serial (with the user's multi-threaded BLAS, see _blas_section) up to 3x that:
+# Forwards stay serial (with the user's multi-threaded BLAS, see _blas_enter) up to 3x that:
 # measured at 2 threads, interleaved, 9 runs (serial vs pool): 2-D N4 C64 32^2 302 MFLOP 2.50 vs
 # 3.41 ms, 3-D N2 C16 24^3 382 MFLOP 5.62 vs 8.12 ms, 3-D N2 C32 24^3 1.5 GFLOP 15.4 vs 13.6 ms;
 # backwards gain from the pool from 3e8 (N4 C64 32^2: 9.6 vs 6.4 ms).
@@ -453,12 +453,12 @@ def _max_workers(flops) -> int:
 
 
 class _Blas:
-    """BLAS thread state of the engine sections running now (see _blas_section)."""
+    """BLAS thread state of the engine sections running now (see _blas_enter)."""
     cond = threading.Condition()
     count = 0            # sections running
-    mode = 0             # their BLAS threads
-    user = 1             # the user's BLAS threads, read while no section runs
-    limiter = None       # threadpoolctl limiter to restore, when mode != user
+    single = False       # they run single-threaded BLAS (else the user's count)
+    user = 1             # the user's BLAS threads, read when a single section starts
+    limiter = None       # threadpoolctl limiter to restore
 
 
 def _blas_control(ctl, force):
@@ -472,8 +472,7 @@ def _blas_control(ctl, force):
             clear(force=force)
 
 
-@contextlib.contextmanager
-def _blas_section(big):
+def _blas_enter(big):
     """Run with a BLAS thread count fixed by the call's size: one thread for calls that may use
     the pool (``big``, >= _PAR_MIN_FLOPS), whether they get it or run serially; the user's
     count for small calls, which never do. OpenBLAS rounds differently at different thread
@@ -483,46 +482,55 @@ def _blas_section(big):
     restores the user's setting."""
     ctl = _controller()
     if ctl is None:
-        yield
         return
     with _Blas.cond:
-        while True:
+        if big:
+            while _Blas.count and not _Blas.single:
+                _Blas.cond.wait()
             if _Blas.count == 0:
                 _Blas.user = _blas_threads(ctl)
-                _Blas.mode = 1 if big else _Blas.user
-                if _Blas.mode != _Blas.user:
+                _Blas.single = True
+                if _Blas.user != 1:
                     _blas_control(ctl, True)
-                    _Blas.limiter = ctl.limit(limits=_Blas.mode, user_api="blas")
+                    _Blas.limiter = ctl.limit(limits=1, user_api="blas")
                     _blas_control(ctl, False)
-                break
-            if (1 if big else _Blas.user) == _Blas.mode:
-                break
-            _Blas.cond.wait()
-        _Blas.count += 1
-    try:
-        yield
-    finally:
-        with _Blas.cond:
-            _Blas.count -= 1
+        else:           # (small calls never read the thread count: they cost ~0.1 ms)
+            while _Blas.count and _Blas.single and _Blas.user != 1:
+                _Blas.cond.wait()
             if _Blas.count == 0:
-                if _Blas.limiter is not None:
-                    _blas_control(ctl, True)
-                    _Blas.limiter.restore_original_limits()
-                    _blas_control(ctl, False)
-                    _Blas.limiter = None
-                _Blas.cond.notify_all()
+                _Blas.single = False
+        _Blas.count += 1
+
+
+def _blas_exit():
+    ctl = _controller()
+    if ctl is None:
+        return
+    with _Blas.cond:
+        _Blas.count -= 1
+        if _Blas.count == 0:
+            _Blas.single = False
+            if _Blas.limiter is not None:
+                _blas_control(ctl, True)
+                _Blas.limiter.restore_original_limits()
+                _blas_control(ctl, False)
+                _Blas.limiter = None
+            _Blas.cond.notify_all()
 
 
 def _run(work, tasks, workers, big):
     """``work(i, *t)`` for ``i, t in enumerate(tasks)`` (any iterable), on ``workers`` threads
-    (serially in the caller when the pool is busy) with the BLAS threads of _blas_section. The
+    (serially in the caller when the pool is busy) with the BLAS threads of _blas_enter. The
     threads take the tasks in order from one shared iterator."""
     it = enumerate(tasks)
-    with _blas_section(big):
+    _blas_enter(big)
+    try:
         if workers > 1 and _run_pool(work, it, workers):
             return
         for i, t in it:
             work(i, *t)
+    finally:
+        _blas_exit()
 
 
 def _run_pool(work, it, workers) -> bool:
@@ -577,6 +585,7 @@ def _copy(dst, src, workers):
 # the source grid of the calling thread, "work" a chunk's buffers, "acc" a thread's partial sum --
 # up to _KEEP bytes each; bigger requests get fresh arrays that are freed as usual.
 _KEEP = 32 * 2**20
+_FRESH = 1 << 17
 _TLS = threading.local()
 
 
@@ -584,15 +593,15 @@ def _buffers(kind, shapes, dtype):
     """Uninitialised arrays of ``shapes``, carved from this thread's kept buffer of ``kind``;
     valid until this thread asks for the same kind again."""
     dtype = np.dtype(dtype)
+    if sum(map(math.prod, shapes)) * dtype.itemsize < _FRESH:   # small: malloc reuses these
+        return [np.empty(s, dtype=dtype) for s in shapes]           # without faults, and is cheaper
     sizes = [-(-math.prod(s) * dtype.itemsize // 64) * 64 for s in shapes]
     buf = getattr(_TLS, kind, None)
     if buf is None or buf.nbytes < sum(sizes) + 64:
         buf = np.empty(sum(sizes) + 64, np.uint8)
         if buf.nbytes <= _KEEP:
             setattr(_TLS, kind, buf)
-    # every array starts on a 64-byte boundary: BLAS kernels (OpenBLAS's gemv) sum in an order
-    # that depends on the alignment, and results must not depend on which thread ran a chunk
-    out, off = [], -buf.ctypes.data % 64
+    out, off = [], -buf.ctypes.data % 64         # each array on a 64-byte (cache line) boundary
     for shape, size in zip(shapes, sizes):
         out.append(np.ndarray(shape, dtype=dtype, buffer=buf, offset=off))
         off += size
