@@ -75,7 +75,6 @@ paths. No RuntimeWarning is raised for non-finite data.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
