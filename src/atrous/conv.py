@@ -1070,29 +1070,72 @@ def _backward(gy, x, weight, spec, plan, gb):
     finite -- the zero rows of the padded gy then multiply finite x -- and used only then."""
     G = spec.groups
     cgi, cgo = spec.c_in // G, spec.c_out // G
-    if (not plan.blocks or _strategy(cgo, cgi, G) != "im2col" or _FORCE_MODE in ("flat", "shift")
+    if (not plan.blocks or _strategy(cgo, cgi, G) != "im2col" or _FORCE_MODE == "flat"
             # gb (the sums of gy, already computed) is finite only when gy is: one pass less
             or not (_finite(weight) and _finite(gb) and _finite(x))):
         return _grad_input(gy, weight, spec, plan), _grad_weight(gy, x, spec, plan, gb)
     workers = _max_workers(_flops(spec, plan))
     split = _flops(spec, plan) >= _PAR_MIN_FLOPS
-    src, jobs, kidxs = _transpose_jobs(gy, weight, spec, plan, "im2col", workers, flat_ok=False)
+    src, jobs, kidxs = _transpose_jobs(gy, weight, spec, plan, "im2col", workers)
     gx = np.zeros((spec.n, spec.c_in) + spec.in_sizes, dtype=spec.dtype)
     x = np.ascontiguousarray(x)
     slots, budget = _acc_slots(G * len(plan.kidx) * cgo * cgi, max(1, spec.budget // spec.dtype.itemsize))
-    rows, T, pers, biggest, wmats = [], 0, [], 1, []
-    for job, kidx in zip(jobs, kidxs):
+    rows, T, pers, mins, biggest, wmats = [], 0, [], [], 1, []
+    for ji, (job, kidx) in enumerate(zip(jobs, kidxs)):
         rows.append(T)
         T += len(kidx)
-        per = len(kidx) * cgo + 2 * cgi                         # patch, dx chunk, x chunk
+        if job.shift:    # patch of T/k taps, dx result + product, x with zeros off the real positions
+            per = math.ceil((len(kidx) // job.taps[0].counts[-1] * cgo + 3 * cgi)
+                            * (_waste(job.box, src.rs) + 0.5))
+            most = _chunks(spec.n, job.box, per, budget, _SHIFT_ROWS, split)[1]
+            if most < job.box[-1]:                              # spans too short to shift
+                jobs[ji] = job = job._replace(flat=False, shift=False)
+        if not job.shift:
+            jobs[ji] = job = job._replace(flat=False)           # (plain flat windows: not here)
+            per = len(kidx) * cgo + 2 * cgi                     # patch, dx chunk, x chunk
         pers.append(per)
-        biggest = max(biggest, per * _chunks(spec.n, job.box, per, budget, _FUSED_ROWS, split)[1])
-        wmats.append(np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3)).reshape(G, cgi, -1))
+        mins.append(_SHIFT_ROWS if job.shift else _FUSED_ROWS)
+        biggest = max(biggest, per * _chunks(spec.n, job.box, per, budget, mins[ji], split)[1])
+        wm = np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3))   # (G, C_in/g, T, C_out/g)
+        if job.shift:    # per shift i: the taps i, i + k, ... -> (k, G, C_in/g, T/k * C_out/g)
+            k = job.taps[0].counts[-1]
+            wm = np.ascontiguousarray(wm.reshape(G, cgi, len(kidx) // k, k, cgo).transpose(3, 0, 1, 2, 4))
+            wmats.append(wm.reshape(k, G, cgi, -1))
+        else:
+            wmats.append(wm.reshape(G, cgi, -1))
 
     def chunks():
         for ji, job in enumerate(jobs):
-            for ch in _chunks(spec.n, job.box, pers[ji], budget, _FUSED_ROWS, split)[0]:
+            for ch in _chunks(spec.n, job.box, pers[ji], budget, mins[ji], split)[0]:
                 yield ji, ch
+
+    def shifted(slot, ji, job, ch):
+        """A chunk of a "shift" job (see _gather): k GEMMs for dx and k for dW on shifted views
+        of one patch of T/k taps, x laid out like the patch's columns with zeros between the
+        real positions (so the padding columns add nothing to dW), per sample in order."""
+        tb = job.taps[0]
+        k, st = tb.counts[-1], tb.step[-1]
+        e, nn, T1 = st * (k - 1), ch.n1 - ch.n0, len(kidxs[ji]) // k
+        span = math.prod(_flat_geom(ch, job.box, src.rs, ext=e)[0])
+        L = span - e
+        patch, seg, tmp, xf, part = _buffers("work", [(nn, G, T1 * cgo, span), (G, cgi, L), (G, cgi, L),
+                                                      (nn, G, cgi, L), (G, T1 * cgo, cgi)], spec.dtype)
+        _fill_patch(patch, src, [tb._replace(counts=tb.counts[:-1] + (1,))], ch, job.box, G, True, ext=e)
+        xf.fill(0)
+        _crop_view(xf, ch, job.box, src.rs, ext=e)[...] = _box_view(x, job.origin, job.step, job.box, ch, G)
+        dv = _box_view(gx, job.origin, job.step, job.box, ch, G)   # (nn, G, C_in/g, *sub)
+        acc = accs[slot].reshape(G, T, cgo, cgi)
+        for n in range(nn):
+            xt = xf[n].transpose(0, 2, 1)                         # (G, L, C_in/g)
+            for i in range(k):
+                win = patch[n, :, :, i * st:i * st + L]           # (G, T/k * C_out/g, L)
+                np.matmul(wmats[ji][i], win, out=tmp if i else seg)
+                if i:
+                    np.add(seg, tmp, out=seg)
+                np.matmul(win, xt, out=part)                      # (dW)^T of the taps i, i + k, ...
+                a = acc[:, rows[ji] + i:rows[ji] + len(kidxs[ji]):k]
+                np.add(a, part.reshape(a.shape), out=a)
+            dv[n] = _crop_view(seg, ch, job.box, src.rs, ext=e)
 
     S = min(slots, sum(1 for _ in chunks()))
     accs = np.zeros((S, G, T * cgo, cgi), dtype=spec.dtype)     # (dW)^T per slot, taps in job order
@@ -1101,6 +1144,9 @@ def _backward(gy, x, weight, spec, plan, gb):
     def work(i, slot):   # chunk i goes to slot i % S; each slot is one thread, in chunk order
         for ji, ch in itertools.islice(chunks(), slot, None, S):
             job = jobs[ji]
+            if job.shift:
+                shifted(slot, ji, job, ch)
+                continue
             Tp, nn, sub = len(kidxs[ji]), ch.n1 - ch.n0, _sub(ch, job.box)
             L = nn * math.prod(sub)
             patch, out, xm, part = _buffers("work", [(G, Tp * cgo, L), (G, cgi, L), (G, cgi, nn) + sub,
