@@ -32,11 +32,15 @@ The live taps of one phase are a product of arithmetic runs (one per axis), so a
 are one strided view and the patch takes one copy per phase. Variants, chosen per call and measured
 with ``benchmarks/engine.py``: few output channels out of many -- one GEMM per tap straight on
 contiguous flat windows of the grid (padding columns included and dropped at the end), accumulated
-("tap"); 3-D volumes with short lines -- flat windows, one span per plane, in the patch; depthwise
-weights -- a broadcast multiply-add. Big calls run the chunks on a small thread pool with
-single-threaded BLAS when ``threadpoolctl`` is installed, because NumPy's copies are otherwise
-single-threaded. The chunking never depends on the thread count, and every output value is computed
-by one fixed sequence of operations, so results are bit-identical however the chunks are scheduled.
+("tap"); 3-D volumes -- "shift" windows: flat windows, one span per plane, in which the taps along
+the last axis are column shifts of each other, so the patch holds only the other taps and the
+chunk runs one GEMM per last-axis tap on a shifted view of it, summed in a fixed order (forward,
+transposed convolution and the fused backward); depthwise weights -- a broadcast multiply-add.
+Big calls run the chunks on a small thread pool with single-threaded BLAS when ``threadpoolctl``
+is installed, because NumPy's copies are otherwise single-threaded; the BLAS thread count is fixed
+by the call's size (see _blas_enter). The chunking never depends on the thread count, and every
+output value is computed by one fixed sequence of operations, so results are bit-identical however
+the chunks are scheduled.
 
 Backward, derived next to the forward
 -------------------------------------
