@@ -626,3 +626,24 @@ def test_3d_long_lines_use_the_direct_im2col_path(stride):
     pads = geometry.resolve_padding("same", x.shape[2:], w.shape[2:], s, (1, 2, 3))
     np.testing.assert_allclose(y, ref_conv(x, w, None, s, pads, (1, 2, 3), 2), rtol=1e-10,
                                atol=1e-12)
+
+
+def test_a_child_forked_during_a_call_does_not_wait_for_it():
+    # a child forked while another thread's engine call holds single-threaded BLAS inherits that
+    # state; its own calls must start afresh instead of waiting for a section that is not there
+    pytest.importorskip("threadpoolctl")
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    x = np.random.default_rng(6).standard_normal((1, 2, 9, 8))
+    w = np.ones((3, 2, 3, 3))
+    state = engine._Blas
+    saved = (state.count, state.single, state.user)
+    state.count, state.single, state.user = 1, True, 2           # as if a big call were running
+    try:
+        with mp.get_context("fork").Pool(1) as pool:
+            child = pool.apply_async(atrous.conv, (x, w), {"padding": 1}).get(timeout=60)
+    finally:
+        state.count, state.single, state.user = saved
+    np.testing.assert_allclose(child, ref_conv(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
+                               rtol=1e-12)

@@ -462,6 +462,7 @@ class _Blas:
     single = False       # they run single-threaded BLAS (else the user's count)
     user = 1             # the user's BLAS threads, read when a single section starts
     limiter = None       # threadpoolctl limiter to restore
+    pid = os.getpid()    # (a child forked while a section ran starts afresh)
 
 
 def _blas_control(ctl, force):
@@ -477,7 +478,7 @@ def _blas_control(ctl, force):
 
 def _blas_enter(big):
     """Run with a BLAS thread count fixed by the call's size: one thread for calls that may use
-    the pool (``big``, >= _PAR_MIN_FLOPS), whether they get it or run serially; the user's
+    the pool (``big``: see _PAR_MIN_FLOPS, _FWD_SERIAL), whether they get it or not; the user's
     count for small calls, which never do. OpenBLAS rounds differently at different thread
     counts (measured: 0.3.31 with Haswell kernels, the backward's GEMMs), so this makes a
     result independent of the scheduling and of concurrent calls. The count is process-wide
@@ -486,6 +487,9 @@ def _blas_enter(big):
     ctl = _controller()
     if ctl is None:
         return
+    if _Blas.pid != os.getpid():
+        _Blas.cond, _Blas.count, _Blas.single, _Blas.limiter, _Blas.pid = (
+            threading.Condition(), 0, False, None, os.getpid())
     with _Blas.cond:
         if big:
             while _Blas.count and not _Blas.single:
