@@ -597,17 +597,22 @@ def test_parallel_chunks_restore_blas_threads_and_are_thread_safe():
     assert after == before
 
 
-def test_parallel_chunks_work_in_a_forked_child():
+def _conv_in_forked_child(x, w):
+    """atrous.conv(x, w, padding=1) in a child forked now (skips where there is no fork)."""
     pytest.importorskip("threadpoolctl")
     import multiprocessing as mp
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("no fork on this platform")
+    with mp.get_context("fork").Pool(1) as pool:
+        return pool.apply_async(atrous.conv, (x, w), {"padding": 1}).get(timeout=60)
+
+
+def test_parallel_chunks_work_in_a_forked_child():
     x = np.random.default_rng(4).standard_normal((2, 3, 12, 10))
     w = np.ones((4, 3, 3, 3))
     with strategy(None, parallel=True):
         parent = atrous.conv(x, w, padding=1)            # the pool now exists in the parent
-        with mp.get_context("fork").Pool(1) as pool:
-            child = pool.apply_async(atrous.conv, (x, w), {"padding": 1}).get(timeout=60)
+        child = _conv_in_forked_child(x, w)
     np.testing.assert_allclose(child, parent, rtol=1e-12)
     np.testing.assert_allclose(parent, ref_conv(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
                                rtol=1e-12)
@@ -631,19 +636,29 @@ def test_3d_long_lines_use_the_direct_im2col_path(stride):
 def test_a_child_forked_during_a_call_does_not_wait_for_it():
     # a child forked while another thread's engine call holds single-threaded BLAS inherits that
     # state; its own calls must start afresh instead of waiting for a section that is not there
-    pytest.importorskip("threadpoolctl")
-    import multiprocessing as mp
-    if "fork" not in mp.get_all_start_methods():
-        pytest.skip("no fork on this platform")
     x = np.random.default_rng(6).standard_normal((1, 2, 9, 8))
     w = np.ones((3, 2, 3, 3))
     state = engine._Blas
     saved = (state.count, state.single, state.user)
     state.count, state.single, state.user = 1, True, 2           # as if a big call were running
     try:
-        with mp.get_context("fork").Pool(1) as pool:
-            child = pool.apply_async(atrous.conv, (x, w), {"padding": 1}).get(timeout=60)
+        child = _conv_in_forked_child(x, w)
     finally:
         state.count, state.single, state.user = saved
     np.testing.assert_allclose(child, ref_conv(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), 1),
                                rtol=1e-12)
+
+
+def test_pool_size_is_the_users_blas_threads_while_small_calls_run():
+    # while only small calls (which keep the user's BLAS threads) run, a big call sizes its pool
+    # from the live BLAS setting, not from a count a single-threaded section recorded earlier
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    live = min(lc.num_threads for lc in threadpoolctl.ThreadpoolController().lib_controllers
+               if lc.user_api == "blas")
+    state = engine._Blas
+    saved = (state.count, state.single, state.user)
+    state.count, state.single, state.user = 1, False, live + 3   # a stale record
+    try:
+        assert engine._max_workers(1e15) == live
+    finally:
+        state.count, state.single, state.user = saved

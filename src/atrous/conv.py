@@ -451,8 +451,8 @@ def _max_workers(flops) -> int:
     """Pool threads for a call: the user's BLAS threads (NumPy's), 1 for small calls."""
     if not _PARALLEL or flops < _PAR_MIN_FLOPS or _controller() is None or _LOCK.locked():
         return 1
-    with _Blas.cond:               # while engine sections run, BLAS may be limited to 1 thread
-        return _Blas.user if _Blas.count else _blas_threads(_controller())
+    with _Blas.cond:               # while a single-threaded section runs, BLAS reads 1
+        return _Blas.user if _Blas.count and _Blas.single else _blas_threads(_controller())
 
 
 class _Blas:
@@ -712,6 +712,29 @@ def _shift_ok(box, taps, how) -> bool:
     return 2 * taps[0].step[-1] * (taps[0].counts[-1] - 1) <= box[-1]
 
 
+def _shift_geom(job, ch, rs):
+    """A "shift" chunk: (k last-axis taps, their step st, extension e = st*(k-1), the length of
+    its flat windows including e)."""
+    tb = job.taps[0]
+    k, st = tb.counts[-1], tb.step[-1]
+    e = st * (k - 1)
+    return k, st, e, math.prod(_flat_geom(ch, job.box, rs, ext=e)[0])
+
+
+def _fill_shift_patch(patch, src, job, ch, groups, e):
+    """The windows of the taps (t', 0) of a "shift" job, each e columns longer: patch
+    (nn, G, T/k*c/g, span)."""
+    tb = job.taps[0]
+    _fill_patch(patch, src, [tb._replace(counts=tb.counts[:-1] + (1,))], ch, job.box, groups, True, ext=e)
+
+
+def _shift_weights(wm, k):
+    """The im2col weight (G, c_dst/g, T, c_src/g) of a "shift" job per shift i (the taps i, i + k,
+    i + 2k, ...): (k, G, c_dst/g, T/k * c_src/g)."""
+    G, cd, T, cs = wm.shape
+    return np.ascontiguousarray(wm.reshape(G, cd, T // k, k, cs).transpose(3, 0, 1, 2, 4)).reshape(k, G, cd, -1)
+
+
 def _windows(box, rs, c_dst, taps, how):
     """(flat, shift) for a job: see _use_flat and _shift_ok."""
     if how == "tap":
@@ -822,10 +845,10 @@ def _box_view(arr, origin, step, box, ch, groups):
 
 
 def _crop_view(seg, ch, box, rs, single=False, ext=0):
-    """The real positions of a flat-window array seg (..., L) (L = the size of the chunk's flat
-    shape, the last axis contiguous) as (..., *sub)."""
+    """The real positions of a flat-window array seg (..., L) (C-contiguous, L = the size of the
+    chunk's flat shape) as (..., *sub)."""
     isz = seg.itemsize
-    return np.ndarray(seg.shape[:-1] + _sub(ch, box), dtype=seg.dtype, buffer=seg, offset=0,
+    return np.ndarray(seg.shape[:-1] + _sub(ch, box), dtype=seg.dtype, buffer=seg,
                       strides=seg.strides[:-1] + tuple(r * isz for r in _flat_geom(ch, box, rs, single, ext)[2]))
 
 
@@ -866,12 +889,8 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
         tasks.append(zip(itertools.repeat(ji), chunks, itertools.repeat(direct)))
         biggest = max(biggest, per * most)
         wm = np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3))   # (G, c_dst/g, T, c_src/g)
-        if job.shift:       # per shift i: the taps i, i + k, i + 2k, ... -> (k, G, c_dst/g, T/k*c_src/g)
-            k = job.taps[0].counts[-1]
-            wm = np.ascontiguousarray(wm.reshape(wm.shape[:2] + (T // k, k, csg)).transpose(3, 0, 1, 2, 4))
-            wmats.append(wm.reshape(k, wm.shape[1], cdg, -1))
-        else:
-            wmats.append(wm.reshape(wm.shape[0], cdg, T * csg))   # (G, c_dst/g, T*c_src/g)
+        wmats.append(_shift_weights(wm, job.taps[0].counts[-1]) if job.shift
+                     else wm.reshape(wm.shape[0], cdg, T * csg))  # (G, c_dst/g, T*c_src/g)
     dflat = dst.reshape(dst.shape[0], groups, dst.shape[1] // groups, -1)
 
     def work(i, ji, ch, direct):
@@ -913,14 +932,10 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
             # those of tap (t', 0) shifted by i*st flat columns, so one patch of the T/k taps
             # (t', 0) over spans e = (k-1)*st longer serves all k: result = sum_i W_i @ patch
             # shifted by i*st -- a k-times smaller copy for k GEMMs (the sum in the order of i).
-            tb = job.taps[0]
-            k, st = tb.counts[-1], tb.step[-1]
-            e = st * (k - 1)
-            span = math.prod(_flat_geom(ch, job.box, src.rs, ext=e)[0])
+            k, st, e, span = _shift_geom(job, ch, src.rs)
             patch, seg, tmp = _buffers("work", [(nn, groups, T // k * csg, span)]
                                        + [(nn, groups, cdg, span - e)] * 2, spec.dtype)
-            _fill_patch(patch, src, [tb._replace(counts=tb.counts[:-1] + (1,))], ch, job.box, groups,
-                        True, ext=e)
+            _fill_shift_patch(patch, src, job, ch, groups, e)
             for i in range(k):
                 np.matmul(wmats[ji][i], patch[..., i * st:i * st + span - e], out=tmp if i else seg)
                 if i:
@@ -1105,12 +1120,7 @@ def _backward(gy, x, weight, spec, plan, gb):
         mins.append(_SHIFT_ROWS if job.shift else _FUSED_ROWS)
         biggest = max(biggest, per * _chunks(spec.n, job.box, per, budget, mins[ji], split)[1])
         wm = np.ascontiguousarray(job.wt.transpose(1, 2, 0, 3))   # (G, C_in/g, T, C_out/g)
-        if job.shift:    # per shift i: the taps i, i + k, ... -> (k, G, C_in/g, T/k * C_out/g)
-            k = job.taps[0].counts[-1]
-            wm = np.ascontiguousarray(wm.reshape(G, cgi, len(kidx) // k, k, cgo).transpose(3, 0, 1, 2, 4))
-            wmats.append(wm.reshape(k, G, cgi, -1))
-        else:
-            wmats.append(wm.reshape(G, cgi, -1))
+        wmats.append(_shift_weights(wm, job.taps[0].counts[-1]) if job.shift else wm.reshape(G, cgi, -1))
 
     def chunks():
         for ji, job in enumerate(jobs):
@@ -1121,14 +1131,11 @@ def _backward(gy, x, weight, spec, plan, gb):
         """A chunk of a "shift" job (see _gather): k GEMMs for dx and k for dW on shifted views
         of one patch of T/k taps, x laid out like the patch's columns with zeros between the
         real positions (so the padding columns add nothing to dW), per sample in order."""
-        tb = job.taps[0]
-        k, st = tb.counts[-1], tb.step[-1]
-        e, nn, T1 = st * (k - 1), ch.n1 - ch.n0, len(kidxs[ji]) // k
-        span = math.prod(_flat_geom(ch, job.box, src.rs, ext=e)[0])
-        L = span - e
+        k, st, e, span = _shift_geom(job, ch, src.rs)
+        nn, T1, L = ch.n1 - ch.n0, len(kidxs[ji]) // k, span - e
         patch, seg, tmp, xf, part = _buffers("work", [(nn, G, T1 * cgo, span), (G, cgi, L), (G, cgi, L),
                                                       (nn, G, cgi, L), (G, T1 * cgo, cgi)], spec.dtype)
-        _fill_patch(patch, src, [tb._replace(counts=tb.counts[:-1] + (1,))], ch, job.box, G, True, ext=e)
+        _fill_shift_patch(patch, src, job, ch, G, e)
         xf.fill(0)
         _crop_view(xf, ch, job.box, src.rs, ext=e)[...] = _box_view(x, job.origin, job.step, job.box, ch, G)
         dv = _box_view(gx, job.origin, job.step, job.box, ch, G)   # (nn, G, C_in/g, *sub)
@@ -1261,11 +1268,12 @@ def _grad_weight(gy, x, spec, plan, gb):
                 _crop_view(g, ch, out, rs)[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
             else:
                 L = nn * math.prod(sub)
-                g, patch = _buffers("work", [(G, cgo, nn) + sub, (G, T * cgi, L)], spec.dtype)
-                if nn == 1:
+                if nn == 1:                                          # gy itself, no copy
                     r0, r1 = _flat_range(ch, out)
                     g = gy[ch.n0].reshape(G, cgo, -1)[:, :, r0:r1]
+                    patch, = _buffers("work", [(G, T * cgi, L)], spec.dtype)
                 else:
+                    g, patch = _buffers("work", [(G, cgo, nn) + sub, (G, T * cgi, L)], spec.dtype)
                     g[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
             _fill_patch(patch, src, taps, ch, out, G, flat, gw_layout=True)
             # (dW)^T = patch @ g^T: OpenBLAS runs this layout up to 2x faster than g @ patch^T
