@@ -584,9 +584,37 @@ def _copy(dst, src, workers):
     dst[...] = src
 
 
-def _empty(shapes, dtype):
-    """Uninitialised arrays of ``shapes`` (a chunk's buffers, each filled before it is read)."""
-    return [np.empty(shape, dtype=dtype) for shape in shapes]
+# -------------------------------------------------------------------------------- work buffers
+# A fresh large array costs a page fault per 4 KiB page on first touch (glibc returns freed large
+# blocks to the system), which hurts most in serial calls with multi-threaded BLAS. Measured with
+# benchmarks/engine_ab.py ("kept:" against "fresh:_KEEP=0"), 2 threads: 2-D N4 C64 32^2 forward
+# 0.73 against 0.41 of GEMM, backward 0.58-0.60 against 0.49-0.56, 3-D N2 C16 16^3 forward
+# 0.69-0.71 against 0.58-0.62; the large calls and 1 thread move within noise. So each thread
+# keeps its buffers between chunks and calls -- one per kind: "src" the source grid of the calling
+# thread, "work" a chunk's buffers, "acc" a thread's partial sum -- up to _KEEP bytes each;
+# bigger requests get fresh arrays that are freed as usual.
+_KEEP = 32 * 2**20
+_FRESH = 1 << 17
+_TLS = threading.local()
+
+
+def _buffers(kind, shapes, dtype):
+    """Uninitialised arrays of ``shapes``, carved from this thread's kept buffer of ``kind``;
+    valid until this thread asks for the same kind again."""
+    dtype = np.dtype(dtype)
+    if sum(map(math.prod, shapes)) * dtype.itemsize < _FRESH:   # small: malloc reuses these
+        return [np.empty(s, dtype=dtype) for s in shapes]           # without faults, and is cheaper
+    sizes = [-(-math.prod(s) * dtype.itemsize // 64) * 64 for s in shapes]
+    buf = getattr(_TLS, kind, None)
+    if buf is None or not sum(sizes) + 64 <= buf.nbytes <= _KEEP:
+        buf = np.empty(sum(sizes) + 64, np.uint8)
+        if buf.nbytes <= _KEEP:
+            setattr(_TLS, kind, buf)
+    out, off = [], -buf.ctypes.data % 64         # each array on a 64-byte (cache line) boundary
+    for shape, size in zip(shapes, sizes):
+        out.append(np.ndarray(shape, dtype=dtype, buffer=buf, offset=off))
+        off += size
+    return out
 
 
 # ------------------------------------------------------------------------------------- sources
@@ -600,7 +628,8 @@ class _Source(NamedTuple):
 
 def _source(shape, c, n, tail, dtype, S=1):
     P = math.prod(shape)
-    flat = np.zeros((S, n, c, P + tail), dtype=dtype)
+    flat, = _buffers("src", [(S, n, c, P + tail)], dtype)
+    flat.fill(0)
     rs = tuple(math.prod(shape[a + 1:]) for a in range(len(shape)))
     return _Source(flat, flat[..., :P].reshape((S, n, c) + tuple(shape)), rs)
 
@@ -872,7 +901,7 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
         nn, sub = ch.n1 - ch.n0, _sub(ch, job.box)
         dv = _box_view(dst, job.origin, job.step, job.box, ch, groups)   # (nn, G, c_dst/g, *sub)
         if job.how == "elementwise":       # dv = sum over taps and channels of w * window
-            tmp, = _empty([dv.shape], dv.dtype)
+            tmp, = _buffers("work", [dv.shape], dv.dtype)
             t = 0
             for tb in job.taps:
                 v = _tap_view(src, tb, ch, job.box, False)
@@ -888,7 +917,7 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
             return
         if job.how == "tap":               # one GEMM per tap on the flat windows, accumulated
             span = _flat_geom(ch, job.box, src.rs, True)[0][0]
-            seg, tmp = _empty([(nn, groups, cdg, span)] * 2, spec.dtype)
+            seg, tmp = _buffers("work", [(nn, groups, cdg, span)] * 2, spec.dtype)
             t = 0
             for tb in job.taps:
                 v = _tap_view(src, tb, ch, job.box, True, True)          # (nn, C, *counts, span)
@@ -906,7 +935,7 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
             # (t', 0) over spans e = (k-1)*st longer serves all k: result = sum_i W_i @ patch
             # shifted by i*st -- a k-times smaller copy for k GEMMs (the sum in the order of i).
             k, st, e, span = _shift_geom(job, ch, src.rs)
-            patch, seg, tmp = _empty([(nn, groups, T // k * csg, span)]
+            patch, seg, tmp = _buffers("work", [(nn, groups, T // k * csg, span)]
                                        + [(nn, groups, cdg, span - e)] * 2, spec.dtype)
             _fill_shift_patch(patch, src, job, ch, groups, e)
             for i in range(k):
@@ -917,14 +946,14 @@ def _gather(src, jobs, dst, spec, groups, workers, split):
             return
         if job.flat:                       # GEMM over the flat windows, then drop the padding
             span = math.prod(_flat_geom(ch, job.box, src.rs)[0])
-            patch, seg = _empty([(nn, groups, T * csg, span), (nn, groups, cdg, span)],
+            patch, seg = _buffers("work", [(nn, groups, T * csg, span), (nn, groups, cdg, span)],
                                   spec.dtype)
             _fill_patch(patch, src, job.taps, ch, job.box, groups, True)
             np.matmul(wmats[ji], patch, out=seg)
             dv[...] = _crop_view(seg, ch, job.box, src.rs)
             return
         R = math.prod(sub)
-        patch, out = _empty([(nn, groups, T * csg) + sub, (nn, groups, cdg, R)], spec.dtype)
+        patch, out = _buffers("work", [(nn, groups, T * csg) + sub, (nn, groups, cdg, R)], spec.dtype)
         _fill_patch(patch, src, job.taps, ch, job.box, groups, False)
         patch = patch.reshape(nn, groups, T * csg, R)
         if direct:                         # the GEMM writes straight into the result
@@ -977,8 +1006,8 @@ def _forward(x, weight, spec):
     """
     G = spec.groups
     plan = _plan(spec)
-    y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
-    if plan.blocks:
+    if plan.blocks:                # every output is written by one chunk (np.zeros would memset)
+        y = np.empty((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
         big = _flops(spec, plan) >= _PAR_MIN_FLOPS * _FWD_SERIAL
         workers = _max_workers(_flops(spec, plan)) if big else 1
         rs = tuple(math.prod(plan.sph[a + 1:]) for a in range(len(plan.sph)))
@@ -989,6 +1018,8 @@ def _forward(x, weight, spec):
                    *_windows(spec.out_sizes, rs, spec.c_out, taps, how))
         src = _phase_source(x, spec, plan, _tail(plan.sph, [job]), workers)
         _gather(src, [job], y, spec, G, workers, big)
+    else:
+        y = np.zeros((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
     if plan.dead:                  # dead taps multiply padding zeros: 0, or NaN for a non-finite w
         w = weight.reshape(weight.shape[0], weight.shape[1], -1)[:, :, list(plan.dead)]
         if not _finite(w):
@@ -1104,7 +1135,7 @@ def _backward(gy, x, weight, spec, plan, gb):
         real positions (so the padding columns add nothing to dW), per sample in order."""
         k, st, e, span = _shift_geom(job, ch, src.rs)
         nn, T1, L = ch.n1 - ch.n0, len(kidxs[ji]) // k, span - e
-        patch, seg, tmp, xf, part = _empty([(nn, G, T1 * cgo, span), (G, cgi, L), (G, cgi, L),
+        patch, seg, tmp, xf, part = _buffers("work", [(nn, G, T1 * cgo, span), (G, cgi, L), (G, cgi, L),
                                                       (nn, G, cgi, L), (G, T1 * cgo, cgi)], spec.dtype)
         _fill_shift_patch(patch, src, job, ch, G, e)
         xf.fill(0)
@@ -1135,7 +1166,7 @@ def _backward(gy, x, weight, spec, plan, gb):
                 continue
             Tp, nn, sub = len(kidxs[ji]), ch.n1 - ch.n0, _sub(ch, job.box)
             L = nn * math.prod(sub)
-            patch, out, xm, part = _empty([(G, Tp * cgo, L), (G, cgi, L), (G, cgi, nn) + sub,
+            patch, out, xm, part = _buffers("work", [(G, Tp * cgo, L), (G, cgi, L), (G, cgi, nn) + sub,
                                                      (G, Tp * cgo, cgi)], spec.dtype)
             _fill_patch(patch, src, job.taps, ch, job.box, G, False, gw_layout=True)
             direct = (nn == 1 and all(s_ == 1 for s_ in job.step) and tuple(job.box) == spec.in_sizes)
@@ -1234,7 +1265,7 @@ def _grad_weight(gy, x, spec, plan, gb):
             if flat:
                 span = math.prod(_flat_geom(ch, out, rs)[0])
                 L = nn * span
-                g, patch = _empty([(G, cgo, nn, span), (G, T * cgi, L)], spec.dtype)
+                g, patch = _buffers("work", [(G, cgo, nn, span), (G, T * cgi, L)], spec.dtype)
                 g.fill(0)                                            # zeros off the real outputs
                 _crop_view(g, ch, out, rs)[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
             else:
@@ -1242,9 +1273,9 @@ def _grad_weight(gy, x, spec, plan, gb):
                 if nn == 1:                                          # gy itself, no copy
                     r0, r1 = _flat_range(ch, out)
                     g = gy[ch.n0].reshape(G, cgo, -1)[:, :, r0:r1]
-                    patch, = _empty([(G, T * cgi, L)], spec.dtype)
+                    patch, = _buffers("work", [(G, T * cgi, L)], spec.dtype)
                 else:
-                    g, patch = _empty([(G, cgo, nn) + sub, (G, T * cgi, L)], spec.dtype)
+                    g, patch = _buffers("work", [(G, cgo, nn) + sub, (G, T * cgi, L)], spec.dtype)
                     g[...] = gv.transpose((1, 2, 0) + tuple(range(3, gv.ndim)))
             _fill_patch(patch, src, taps, ch, out, G, flat, gw_layout=True)
             # (dW)^T = patch @ g^T: OpenBLAS runs this layout up to 2x faster than g @ patch^T
@@ -1255,7 +1286,7 @@ def _grad_weight(gy, x, spec, plan, gb):
         accs = np.zeros((S, G, T * cgi, cgo), dtype=spec.dtype)
 
         def work(i, slot):
-            part, = _empty([(G, T * cgi, cgo)], spec.dtype)
+            part, = _buffers("acc", [(G, T * cgi, cgo)], spec.dtype)
             for ch in itertools.islice(_chunks(spec.n, out, per, budget, 4 * _MIN_ROWS, split)[0], slot, None, S):
                 partial(ch, part)
                 np.add(accs[slot], part, out=accs[slot])
