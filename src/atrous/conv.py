@@ -1006,7 +1006,7 @@ def _forward(x, weight, spec):
     """
     G = spec.groups
     plan = _plan(spec)
-    if plan.blocks:                # every output is written by one chunk (np.zeros would memset)
+    if plan.blocks:                # every output is written by one chunk
         y = np.empty((spec.n, spec.c_out) + spec.out_sizes, dtype=spec.dtype)
         big = _flops(spec, plan) >= _PAR_MIN_FLOPS * _FWD_SERIAL
         workers = _max_workers(_flops(spec, plan)) if big else 1
