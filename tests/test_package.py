@@ -59,3 +59,20 @@ def test_dependencies_point_downward():
                 elif isinstance(node, ast.Import) and any(a.name == "atrous.cli" for a in node.names):
                     bad.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not bad, f"upward imports of atrous.cli: {bad}"
+
+
+def test_engine_ab_benchmark_runs_and_refuses_unknown_settings():
+    # benchmarks/engine_ab.py backs the README's A/B numbers: a tiny run prints one line per pass
+    # with every variant, and a misspelt setting is an error, not a silently default variant
+    import os
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                          "engine_ab.py")
+    shape = '("tiny", 1, 2, 2, (8, 8), 3, 2, "same", 1)'
+    out = subprocess.run([sys.executable, script, "--repeat", "1", "--threads", "1", "--shape", shape,
+                          "a:", "b:_FORCE_MODE='crop'"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("tiny")]
+    assert len(lines) == 2 and all(" a " in ln and " b " in ln for ln in lines), out.stdout
+    bad = subprocess.run([sys.executable, script, "--shape", shape, "x:_FORCE_MOD='crop'"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "_FORCE_MOD" in bad.stdout + bad.stderr

@@ -422,9 +422,9 @@ def _chunks(n, box, per_pos, budget, min_rows=None, split=True):
 # C16 24^3) the pool already wins (0.81 against 0.57 serial).
 _PAR_MIN_FLOPS = 3e8
 # Forwards stay serial (with the user's multi-threaded BLAS, see _blas_enter) up to 3x that:
-# measured at 2 threads, interleaved, 9 runs (serial vs pool): 2-D N4 C64 32^2 302 MFLOP 2.50 vs
-# 3.41 ms, 3-D N2 C16 24^3 382 MFLOP 5.62 vs 8.12 ms, 3-D N2 C32 24^3 1.5 GFLOP 15.4 vs 13.6 ms;
-# backwards gain from the pool from 3e8 (N4 C64 32^2: 9.6 vs 6.4 ms).
+# measured with benchmarks/engine_ab.py at 2 threads (default vs "pool:_FWD_SERIAL=0"), shares of
+# GEMM: 2-D N4 C64 32^2 (302 MFLOP) 0.69 vs 0.64, 3-D N2 C16 24^3 (382 MFLOP) 0.74 vs 0.51; the
+# 1.5 GFLOP 3-D N2 C32 24^3 forward gains from the pool.
 _FWD_SERIAL = 3
 _POOL = None                # (pid, size, ThreadPoolExecutor)
 _CTL = None
@@ -743,9 +743,9 @@ def _windows(box, rs, c_dst, taps, how):
         return True, False
     if how != "im2col":
         return False, False
-    # measured (benchmarks/engine.py, 1 thread): 3-D forwards gain (N2 C16 16^3 0.62 -> 0.71 of
-    # GEMM, C32 24^3 0.79 -> 0.83); 2-D ones lose a little (0.92 -> 0.88), their patch copy being
-    # already small next to the GEMM
+    # measured (benchmarks/engine_ab.py, see the README): 3-D N2 C16 16^3 forwards gain (0.64-0.67
+    # -> 0.79 of GEMM at 1 thread), C32 24^3 within noise; 2-D ones lose (0.91-0.96 -> 0.82-0.87),
+    # their patch copy being already small next to the GEMM
     if _FORCE_MODE == "shift" or (_FORCE_MODE is None and len(box) == 3):
         if _shift_ok(box, taps, how):
             return True, True
