@@ -531,6 +531,16 @@ def _check_random_global(spec, dim, size):
     assert rf.whole_input == tuple(g == (0, size - 1) for g in got)
 
 
+def test_unreplayed_hull_is_noted_only_where_it_happens():
+    """A global op whose input cannot be replayed position by position says so in the notes; the
+    models whose builds replay (ViTs with a class token: the concatenation bounds each axis from
+    the patches' own build) carry no such note."""
+    for name in ("vit_mha_cls", "vit_sdpa_cls", "vit_seg_drop_cls", "valid_stem_global_pool"):
+        case = R.CASES_BY_NAME[name]
+        rf = atrous.receptive_field(case.factory(), case.input_shape)
+        assert not any("not replayed one by one" in n for n in rf.notes), (name, rf.notes)
+
+
 def test_reach_limit_is_stated_in_notes(monkeypatch):
     """Above REACH_LIMIT positions the border is not replayed one by one, and the notes say so."""
     from atrous.analysis import values as V

@@ -22,6 +22,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from . import values as V
 from .values import Unsupported, Value
 
 __all__ = ["Graph", "Node", "Ref", "record", "from_layers", "lower", "AnalysisError", "FACTORIES"]
@@ -709,10 +710,19 @@ def lower(g: Graph, targets: Sequence[int], approx: Sequence[str] = ()) -> dict:
                     continue
                 vals[r.index] = Value.constant(info.shape, whole)
             ins[r.index] = vals[r.index]
+        unreplayed: list = []
+        token = V.UNREPLAYED.set(unreplayed)
         try:
             outs = rules.apply(n, g, ins, approx)
         except Unsupported as e:
             raise AnalysisError(f"cannot follow node {n.name!r} ({describe(n, g)}): {e}") from None
+        finally:
+            V.UNREPLAYED.reset(token)
+        for k in unreplayed:
+            outs = [v.add_note(f"{n.name}: on spatial axis {k} its input was not replayed one by one "
+                               f"(an opaque step, unknown extents or more than {V.REACH_LIMIT} positions), so "
+                               "the interval it mixes is the hull of unbounded spans and may include border "
+                               "positions that only padding reaches") for v in outs]
         for t, v in zip(n.outs, outs):
             vals[t] = v
     return vals

@@ -338,11 +338,6 @@ def field_of(g, vals: dict, t: int, name: str | None = None) -> ReceptiveField:
                               "overlapping unfold, a reshape across a flattened position) and no later op mixes "
                               "them all, so which positions each element holds is not tracked")
     notes = list(v.notes) + [n for n in g.notes if n not in v.notes]
-    for k, (w, n) in enumerate(zip(v.where, g.sizes)):
-        if w and n and n > V.REACH_LIMIT:
-            notes.append(f"axis {k}: {n} input positions, more than {V.REACH_LIMIT} are not replayed one by one: "
-                         "the interval the global op reads is the hull of unbounded spans and may include a few "
-                         "border positions that only padding reaches")
     full, loc, counts = V.position_fields(v)
     local = None
     if v.llossy and any(f is not None for f in loc):

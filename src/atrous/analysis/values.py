@@ -19,6 +19,7 @@ Pure Python and NumPy; the torch side lives in :mod:`atrous.analysis.graph` and 
 
 from __future__ import annotations
 
+import contextvars
 import math
 import weakref
 from dataclasses import dataclass
@@ -215,6 +216,8 @@ def _hull(v: Value, f, axis: int, n):
         r = reach(v, axis)       # the hull of unbounded spans counts padding that no real position reads
         if r is NOTHING:
             return None
+        if r is None and (seen := UNREPLAYED.get()) is not None and axis not in seen:
+            seen.append(axis)    # the node lowering now says so (graph.lower)
         if r is not None and max(c.lo, r.lo) <= min(c.hi, r.hi):
             c = Const(max(c.lo, r.lo), min(c.hi, r.hi))
     if isinstance(c, Const) and v.whole[axis] is not None:
@@ -230,6 +233,9 @@ class _NoReplay(Exception):
 
 _REPLAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 REACH_LIMIT = 1 << 22        # positions per axis replayed by :func:`reach` (arrays of this length)
+# the spatial axes on which a node's global op took the hull of unbounded spans because its input
+# could not be replayed (graph.lower sets a list per node and notes it on the node's outputs)
+UNREPLAYED: contextvars.ContextVar = contextvars.ContextVar("unreplayed", default=None)
 NOTHING = Const(0, -1)       # :func:`reach` of a tensor whose positions read only padding
 
 
@@ -977,15 +983,16 @@ def cat(vals: Sequence[Value], dim: int, shape: tuple, node: str) -> Value:
     fixed = []
     for v in dep:
         if positional:
-            for k in range(v.ndim):
-                if any(d == dim for d, _, _ in v.factors(k)):
-                    if any(d != dim for d, _, _ in v.factors(k)):
-                        raise Unsupported(f"concatenation along a dimension that holds part of spatial axis {k}")
-                    n = v.extent(k)
-                    fk, lk = list(v.full), list(v.local)
-                    fk[k], lk[k] = _hull(v, fk[k], k, n), _hull(v, lk[k], k, n)
-                    v = v.with_(full=tuple(fk), local=tuple(lk),
-                                expr=EOpaque(f"{node} concatenates along spatial axis {k}"))
+            ks = [k for k in range(v.ndim) if any(d == dim for d, _, _ in v.factors(k))]
+            for k in ks:
+                if any(d != dim for d, _, _ in v.factors(k)):
+                    raise Unsupported(f"concatenation along a dimension that holds part of spatial axis {k}")
+            if ks:          # each axis's hull from v as it came (its build replays), then one opaque step
+                fk, lk = list(v.full), list(v.local)
+                for k in ks:
+                    fk[k], lk[k] = _hull(v, fk[k], k, v.extent(k)), _hull(v, lk[k], k, v.extent(k))
+                v = v.with_(full=tuple(fk), local=tuple(lk), expr=EOpaque(
+                    f"{node} concatenates along spatial axis {', '.join(map(str, ks))}"))
             d = list(v.dims)
             d[dim] = (Factor("x", v.shape[dim]),)
             v = v.with_(dims=tuple(d))
